@@ -1,0 +1,137 @@
+//! StartConference, EndConference and ReportChannelEvent.
+
+use crate::domain::conference::{self, NewCall};
+use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, UserId};
+use crate::domain::states::ChannelState;
+use crate::error::Error;
+use crate::store::{self, agents, calls, changes};
+
+use super::{change_event, now, retrying, App, Before, CallAndAgent, RequestContext};
+
+#[derive(Debug, Clone)]
+pub struct StartConference {
+    pub instance_id: InstanceId,
+    pub user_id: UserId,
+    /// The parsed ParticipantListJson entries.
+    pub participants: Vec<String>,
+    pub timeout_seconds: i32,
+    pub tags: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndConference {
+    pub instance_id: InstanceId,
+    pub user_id: UserId,
+    pub job_id: JobId,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportChannelEvent {
+    pub instance_id: InstanceId,
+    pub job_id: JobId,
+    pub channel_id: ChannelId,
+    pub state: ChannelState,
+    pub release_initiator: Option<String>,
+    pub release_reason: Option<String>,
+}
+
+/// A call after ReportChannelEvent, with the ContextId to report.
+#[derive(Debug, Clone)]
+pub struct ReportedCall {
+    pub call: crate::domain::Call,
+    pub context_id: i64,
+}
+
+impl App {
+    pub async fn start_conference(&self, ctx: &RequestContext, cmd: &StartConference) -> Result<CallAndAgent, Error> {
+        retrying("StartConference", || self.try_start_conference(ctx, cmd)).await
+    }
+
+    async fn try_start_conference(&self, ctx: &RequestContext, cmd: &StartConference) -> Result<CallAndAgent, Error> {
+        // Only entries shaped like an extension can name an agent.
+        let extensions: Vec<Extension> = cmd.participants.iter().filter_map(|p| Extension::recognize(p)).collect();
+        let mut tx = self.store.begin_action().await?;
+        let loaded = agents::load(&mut tx, &cmd.instance_id, &cmd.user_id, &extensions).await?;
+        if !loaded.instance_exists {
+            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
+        }
+        let initiator = loaded.agent(&cmd.user_id).ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let now = now();
+        let new = NewCall {
+            job_id: JobId::generate(now, rand::random()),
+            now,
+            timeout_seconds: cmd.timeout_seconds,
+            tags: cmd.tags.clone(),
+        };
+        let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
+        let event = change_event(ctx, "StartConference", None, &changes);
+        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
+        store::commit(tx).await?;
+        let agent = changes.agent_after(initiator).clone();
+        let call = changes.call.expect("a started conference is a call");
+        Ok(CallAndAgent { call, agent, context_id })
+    }
+
+    pub async fn end_conference(&self, ctx: &RequestContext, cmd: &EndConference) -> Result<CallAndAgent, Error> {
+        retrying("EndConference", || self.try_end_conference(ctx, cmd)).await
+    }
+
+    async fn try_end_conference(&self, ctx: &RequestContext, cmd: &EndConference) -> Result<CallAndAgent, Error> {
+        let mut tx = self.store.begin_action().await?;
+        let loaded = calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, Some(&cmd.user_id)).await?;
+        if !loaded.instance_exists {
+            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
+        }
+        let leaver = loaded.agent(&cmd.user_id).ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let call = loaded.call.as_ref().ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+
+        let Some(changes) = conference::leave(call, &loaded.agents, leaver, now())? else {
+            // Already left: a retry. Nothing to write; report what is.
+            store::rollback(tx).await?;
+            return Ok(CallAndAgent {
+                call: call.clone(),
+                agent: leaver.clone(),
+                context_id: loaded.latest_context_id(Some(&cmd.user_id)),
+            });
+        };
+        let event = change_event(ctx, "EndConference", Some(Before { call: Some(call), agents: &loaded.agents }), &changes);
+        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
+        store::commit(tx).await?;
+        let agent = changes.agent_after(leaver).clone();
+        let call = changes.call.expect("leaving changes the call");
+        Ok(CallAndAgent { call, agent, context_id })
+    }
+
+    pub async fn report_channel_event(&self, ctx: &RequestContext, cmd: &ReportChannelEvent) -> Result<ReportedCall, Error> {
+        retrying("ReportChannelEvent", || self.try_report_channel_event(ctx, cmd)).await
+    }
+
+    async fn try_report_channel_event(&self, ctx: &RequestContext, cmd: &ReportChannelEvent) -> Result<ReportedCall, Error> {
+        let mut tx = self.store.begin_action().await?;
+        let loaded = calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, None).await?;
+        if !loaded.instance_exists {
+            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
+        }
+        let call = loaded.call.as_ref().ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+        let release_by = (cmd.release_initiator.as_deref(), cmd.release_reason.as_deref());
+        let Some(changes) = conference::report(call, &loaded.agents, &cmd.channel_id, cmd.state, release_by, now())? else {
+            store::rollback(tx).await?;
+            return Ok(ReportedCall {
+                call: call.clone(),
+                context_id: loaded.latest_context_id(None),
+            });
+        };
+        let event = change_event(ctx, "ReportChannelEvent", Some(Before { call: Some(call), agents: &loaded.agents }), &changes);
+        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
+        store::commit(tx).await?;
+        let call = changes.call.expect("a channel event changes the call");
+        Ok(ReportedCall { call, context_id })
+    }
+}
+
+pub(super) fn user_not_found(user: &UserId, instance: &InstanceId) -> Error {
+    Error::UserNotFound {
+        user_id: user.to_string(),
+        instance_id: instance.to_string(),
+    }
+}

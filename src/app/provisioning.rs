@@ -1,0 +1,94 @@
+//! CreateInstance and CreateUser.
+
+use serde_json::json;
+
+use crate::domain::agent::Agent;
+use crate::domain::ids::{Extension, InstanceId, LoginName, PhoneNumber, UserId};
+use crate::domain::states::WorkMode;
+use crate::error::Error;
+use crate::store::changes::Event;
+use crate::store::provisioning::{self, Instance, Profile};
+use crate::store;
+
+use super::{now, retrying, App, RequestContext};
+
+#[derive(Debug, Clone)]
+pub struct CreateInstance {
+    pub instance_id: InstanceId,
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateUser {
+    pub instance_id: InstanceId,
+    pub login_name: LoginName,
+    pub display_name: String,
+    pub work_mode: WorkMode,
+    pub mobile: Option<PhoneNumber>,
+    pub extension: Option<Extension>,
+}
+
+/// A new agent as provisioned.
+#[derive(Debug, Clone)]
+pub struct CreatedUser {
+    pub agent: Agent,
+    pub profile: Profile,
+}
+
+impl App {
+    pub async fn create_instance(&self, ctx: &RequestContext, cmd: &CreateInstance) -> Result<Instance, Error> {
+        let instance = Instance {
+            instance_id: cmd.instance_id.clone(),
+            name: cmd.name.clone(),
+            description: cmd.description.clone(),
+            created_at: now(),
+        };
+        let event = Event {
+            request_id: &ctx.request_id,
+            action: "CreateInstance",
+            actor: &ctx.actor,
+            before: None,
+            after: json!({ "instance": instance }),
+        };
+        provisioning::create_instance(&self.store, &instance, &event).await?;
+        Ok(instance)
+    }
+
+    pub async fn create_user(&self, ctx: &RequestContext, cmd: &CreateUser) -> Result<CreatedUser, Error> {
+        retrying("CreateUser", || self.try_create_user(ctx, cmd)).await
+    }
+
+    async fn try_create_user(&self, ctx: &RequestContext, cmd: &CreateUser) -> Result<CreatedUser, Error> {
+        let mut tx = self.store.begin().await?;
+        if !provisioning::lock_instance(&mut tx, &cmd.instance_id).await? {
+            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
+        }
+        let extension = match &cmd.extension {
+            Some(e) => e.clone(),
+            None => provisioning::lowest_free_extension(&mut tx, &cmd.instance_id).await?,
+        };
+        let user_id = UserId::of(&cmd.login_name, &cmd.instance_id);
+        let agent = Agent::provisioned(user_id, cmd.instance_id.clone(), extension, cmd.work_mode);
+        let profile = Profile {
+            login_name: cmd.login_name.clone(),
+            display_name: cmd.display_name.clone(),
+            mobile: cmd.mobile.clone(),
+        };
+        // The mobile number stays out of the event log.
+        let event = Event {
+            request_id: &ctx.request_id,
+            action: "CreateUser",
+            actor: &ctx.actor,
+            before: None,
+            after: json!({
+                "agents": [agent],
+                "login_name": profile.login_name,
+                "display_name": profile.display_name,
+            }),
+        };
+        provisioning::insert_agent(&mut tx, &agent, &profile, &event).await?;
+        store::commit(tx).await?;
+        Ok(CreatedUser { agent, profile })
+    }
+}

@@ -1,0 +1,71 @@
+//! PollUserStatus and ReadyForService: an agent's state.
+
+use crate::domain::ids::{InstanceId, UserId};
+use crate::domain::{Agent, Call, Changes};
+use crate::error::Error;
+use crate::store::{self, agents, changes, status};
+
+use super::conference::user_not_found;
+use super::{change_event, retrying, App, Before, RequestContext};
+
+#[derive(Debug, Clone)]
+pub struct PollUserStatus {
+    pub instance_id: InstanceId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadyForService {
+    pub instance_id: InstanceId,
+    pub user_id: UserId,
+    pub outbound_scenario: bool,
+}
+
+/// An agent and its current or last call.
+#[derive(Debug, Clone)]
+pub struct AgentStatus {
+    pub agent: Agent,
+    pub call: Option<Call>,
+    pub context_id: i64,
+}
+
+impl App {
+    pub async fn poll_user_status(&self, cmd: &PollUserStatus) -> Result<AgentStatus, Error> {
+        let found = status::poll(&self.store, &cmd.instance_id, &cmd.user_id).await?;
+        if !found.instance_exists {
+            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
+        }
+        let agent = found.agent.ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        Ok(AgentStatus {
+            agent,
+            call: found.call,
+            context_id: found.context_id,
+        })
+    }
+
+    /// Returns the agent, READY, and the ContextId to report.
+    pub async fn ready_for_service(&self, ctx: &RequestContext, cmd: &ReadyForService) -> Result<(Agent, i64), Error> {
+        retrying("ReadyForService", || self.try_ready_for_service(ctx, cmd)).await
+    }
+
+    async fn try_ready_for_service(&self, ctx: &RequestContext, cmd: &ReadyForService) -> Result<(Agent, i64), Error> {
+        let mut tx = self.store.begin_action().await?;
+        let loaded = agents::load(&mut tx, &cmd.instance_id, &cmd.user_id, &[]).await?;
+        if !loaded.instance_exists {
+            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
+        }
+        let agent = loaded.agent(&cmd.user_id).ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let ready = agent.ready_for_service(cmd.outbound_scenario)?;
+        if &ready == agent {
+            store::rollback(tx).await?;
+            return Ok((ready, loaded.context_id(&cmd.user_id)));
+        }
+        let changes = Changes::of_agent(ready);
+        let before = Before { call: None, agents: std::slice::from_ref(agent) };
+        let event = change_event(ctx, "ReadyForService", Some(before), &changes);
+        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
+        store::commit(tx).await?;
+        let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
+        Ok((ready, context_id))
+    }
+}

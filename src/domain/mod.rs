@@ -1,0 +1,20 @@
+//! The rules of calls, channels and agents: plain Rust, no I/O. Nothing in
+//! here may depend on tokio, sqlx or tonic, or read a clock: callers load the
+//! state, pass the time in, and persist what the rules decide.
+//!
+//! - [`ids`]: identifiers parsed at the edge;
+//! - [`states`]: the enumerations and which channel moves are legal;
+//! - [`agent`]: an agent's state machine;
+//! - [`call`]: a call, its channels, and the two-party rule;
+//! - [`conference`]: StartConference, EndConference and ReportChannelEvent
+//!   as decisions over loaded state.
+
+pub mod agent;
+pub mod call;
+pub mod conference;
+pub mod ids;
+pub mod states;
+
+pub use agent::Agent;
+pub use call::{Call, Channel};
+pub use conference::Changes;

@@ -1,0 +1,250 @@
+//! The contract's error vocabulary: every way an action can fail, each with
+//! its contact-center error code, HTTP status and message template.
+//!
+//! Domain rules, the store and the gRPC parsing all fail with [`Error`]; only
+//! `grpc::status` turns it into a gRPC status. Causes of `Unavailable` and
+//! `Internal` stay in here (for the log) and never reach the client.
+
+use std::fmt;
+
+/// What is wrong with one request parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// Missing, empty or only whitespace.
+    Blank,
+    /// Present but malformed; the text says how.
+    Invalid(String),
+}
+
+/// One bad parameter, named by its documented JSON name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamViolation {
+    pub field: &'static str,
+    pub violation: Violation,
+}
+
+impl ParamViolation {
+    pub fn blank(field: &'static str) -> Self {
+        Self {
+            field,
+            violation: Violation::Blank,
+        }
+    }
+
+    pub fn invalid(field: &'static str, why: impl Into<String>) -> Self {
+        Self {
+            field,
+            violation: Violation::Invalid(why.into()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more bad parameters, in the order the request documents them.
+    /// Never empty.
+    #[error("{}", parameter_message(.0))]
+    Parameters(Vec<ParamViolation>),
+
+    #[error("The specified instance {0} does not exist.")]
+    InstanceNotFound(String),
+
+    #[error("The user {user_id} does not exist in instance {instance_id}.")]
+    UserNotFound {
+        user_id: String,
+        instance_id: String,
+    },
+
+    #[error("The call {0} does not exist.")]
+    CallNotFound(String),
+
+    #[error("The specified channel {channel_id} does not exist in call {job_id}.")]
+    ChannelNotFound { channel_id: String, job_id: String },
+
+    #[error("The operation is not allowed. The call {0} is not a conference.")]
+    NotAConference(String),
+
+    #[error("The operation is not allowed. The user {user_id} is not in conference {job_id}.")]
+    NotInConference { user_id: String, job_id: String },
+
+    #[error(
+        "The operation is not allowed. User state ({actual}) does not meet expectations ({expected})."
+    )]
+    UserState {
+        actual: &'static str,
+        expected: String,
+    },
+
+    #[error(
+        "The operation is not allowed. Channel state ({actual}) does not meet expectations ({expected})."
+    )]
+    ChannelState {
+        actual: &'static str,
+        expected: String,
+    },
+
+    #[error("The user {0} you called was busy. Please try again later.")]
+    UserBusy(String),
+
+    #[error("The instance {0} already exists.")]
+    DuplicatedInstance(String),
+
+    #[error("The login name {login_name} already exists in instance {instance_id}.")]
+    DuplicatedLoginName {
+        login_name: String,
+        instance_id: String,
+    },
+
+    #[error("The extension {extension} already exists in instance {instance_id}.")]
+    DuplicatedExtension {
+        extension: String,
+        instance_id: String,
+    },
+
+    /// The database could not be reached or did not answer in time. Retryable.
+    #[error("The service is temporarily unavailable. Please try again later.")]
+    Unavailable(#[source] anyhow::Error),
+
+    /// A concurrent action on the same rows won the race. Actions retry on
+    /// this themselves; a caller sees it only once retries ran out, as the
+    /// retryable ServiceUnavailable.
+    #[error("The service is temporarily unavailable. Please try again later.")]
+    Contended(#[source] anyhow::Error),
+
+    /// Anything else. The cause is logged, never shown.
+    #[error("The request processing has failed due to some unknown error.")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    pub fn blank(field: &'static str) -> Self {
+        Self::Parameters(vec![ParamViolation::blank(field)])
+    }
+
+    pub fn invalid(field: &'static str, why: impl Into<String>) -> Self {
+        Self::Parameters(vec![ParamViolation::invalid(field, why)])
+    }
+
+    /// The contact-center error code (the `reason` of the ErrorInfo detail).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Parameters(v) => match v.first().map(|p| &p.violation) {
+                Some(Violation::Invalid(_)) => "Parameter.Invalid",
+                _ => "Parameter.Blank",
+            },
+            Self::InstanceNotFound(_) => "NotExists.InstanceId",
+            Self::UserNotFound { .. } => "NotExists.UserId",
+            Self::CallNotFound(_) => "NotExists.JobId",
+            Self::ChannelNotFound { .. } => "NotExists.ChannelId",
+            Self::NotAConference(_) | Self::NotInConference { .. } => {
+                "InvalidOperation.NotInConference"
+            }
+            Self::UserState { .. } => "InvalidOperation.UserState",
+            Self::ChannelState { .. } => "InvalidOperation.ChannelState",
+            Self::UserBusy(_) => "UserBusy",
+            Self::DuplicatedInstance(_) => "Duplicated.InstanceId",
+            Self::DuplicatedLoginName { .. } => "Duplicated.LoginName",
+            Self::DuplicatedExtension { .. } => "Duplicated.Extension",
+            Self::Unavailable(_) | Self::Contended(_) => "ServiceUnavailable",
+            Self::Internal(_) => "InternalError",
+        }
+    }
+
+    /// The HTTP status the reference pairs with the code.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Parameters(_)
+            | Self::NotAConference(_)
+            | Self::NotInConference { .. }
+            | Self::UserState { .. }
+            | Self::ChannelState { .. }
+            | Self::UserBusy(_) => 400,
+            Self::InstanceNotFound(_)
+            | Self::UserNotFound { .. }
+            | Self::CallNotFound(_)
+            | Self::ChannelNotFound { .. } => 404,
+            Self::DuplicatedInstance(_)
+            | Self::DuplicatedLoginName { .. }
+            | Self::DuplicatedExtension { .. } => 409,
+            Self::Unavailable(_) | Self::Contended(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// A state error listing the states that would have been accepted.
+    pub fn user_state(actual: &'static str, expected: &[&'static str]) -> Self {
+        Self::UserState {
+            actual,
+            expected: expected.join(", "),
+        }
+    }
+
+    /// A channel error listing the states that would have been accepted.
+    pub fn channel_state(actual: &'static str, expected: &[&'static str]) -> Self {
+        Self::ChannelState {
+            actual,
+            expected: expected.join(", "),
+        }
+    }
+}
+
+fn parameter_message(violations: &[ParamViolation]) -> String {
+    match violations.first() {
+        Some(ParamViolation {
+            field,
+            violation: Violation::Invalid(why),
+        }) => format!("The parameter {field} is invalid. {}.", why.trim_end_matches('.')),
+        Some(ParamViolation { field, .. }) => {
+            format!("The parameter {field} must not be null or empty.")
+        }
+        None => "The request parameters are invalid.".to_owned(),
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Blank => f.write_str("must not be null or empty"),
+            Self::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_messages_fill_the_documented_templates() {
+        assert_eq!(
+            Error::blank("JobId").to_string(),
+            "The parameter JobId must not be null or empty."
+        );
+        let invalid = Error::invalid("InstanceId", "It must be at most 64 characters");
+        assert_eq!(
+            invalid.to_string(),
+            "The parameter InstanceId is invalid. It must be at most 64 characters."
+        );
+        assert_eq!(invalid.code(), "Parameter.Invalid");
+        assert_eq!(invalid.http_status(), 400);
+    }
+
+    #[test]
+    fn the_first_violation_decides_the_code() {
+        let mixed = Error::Parameters(vec![
+            ParamViolation::blank("InstanceId"),
+            ParamViolation::invalid("JobId", "bad"),
+        ]);
+        assert_eq!(mixed.code(), "Parameter.Blank");
+    }
+
+    #[test]
+    fn state_errors_list_what_was_expected() {
+        let e = Error::user_state("TALKING", &["OFFLINE", "READY"]);
+        assert_eq!(
+            e.to_string(),
+            "The operation is not allowed. User state (TALKING) does not meet expectations (OFFLINE, READY)."
+        );
+        assert_eq!(e.code(), "InvalidOperation.UserState");
+    }
+}

@@ -1,0 +1,134 @@
+//! The CallControl service: StartConference, EndConference, PollUserStatus,
+//! ReadyForService.
+
+use tonic::{Request, Response, Status};
+
+use crate::app::{self, App};
+use crate::domain::conference::parse_participants;
+use crate::domain::ids::{InstanceId, JobId, UserId};
+use crate::error::ParamViolation;
+use crate::proto::{self, call_control_server::CallControl};
+
+use super::convert::{call_context, user_context};
+use super::request::{context, ok_response, parse_params, respond, text};
+
+pub struct CallControlService {
+    app: App,
+}
+
+impl CallControlService {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+const MAX_TIMEOUT_SECONDS: i32 = 300;
+const MAX_TAGS_BYTES: usize = 128;
+
+/// The acting agent. The reference lets a blank UserId mean the caller's own
+/// agent; without caller identity there is none, so blank stays blank.
+fn acting_user(raw: &str) -> Result<UserId, ParamViolation> {
+    UserId::parse("UserId", raw)
+}
+
+fn timeout_seconds(raw: Option<i32>) -> Result<i32, ParamViolation> {
+    match raw {
+        None => Ok(DEFAULT_TIMEOUT_SECONDS),
+        Some(s) if (1..=MAX_TIMEOUT_SECONDS).contains(&s) => Ok(s),
+        Some(s) => Err(ParamViolation::invalid(
+            "TimeoutSeconds",
+            format!("It must be 1 to {MAX_TIMEOUT_SECONDS}, not {s}"),
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl CallControl for CallControlService {
+    async fn start_conference(
+        &self,
+        request: Request<proto::StartConferenceRequest>,
+    ) -> Result<Response<proto::StartConferenceResponse>, Status> {
+        let r = request.get_ref();
+        let ctx = context(request.metadata(), &r.user_id);
+        respond("StartConference", &ctx, async {
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                user_id = acting_user(&r.user_id);
+                participants = parse_participants(&r.participant_list_json);
+                timeout_seconds = timeout_seconds(r.timeout_seconds);
+                tags = text("Tags", &r.tags, MAX_TAGS_BYTES);
+            }
+            let cmd = app::StartConference { instance_id, user_id, participants, timeout_seconds, tags };
+            let out = self.app.start_conference(&ctx, &cmd).await?;
+            Ok(ok_response!(StartConferenceResponse, ctx, proto::start_conference_response::Data {
+                call_context: Some(call_context(&out.call)),
+                user_context: Some(user_context(&out.agent)),
+                context_id: out.context_id,
+            }))
+        })
+        .await
+    }
+
+    async fn end_conference(
+        &self,
+        request: Request<proto::EndConferenceRequest>,
+    ) -> Result<Response<proto::EndConferenceResponse>, Status> {
+        let r = request.get_ref();
+        let ctx = context(request.metadata(), &r.user_id);
+        respond("EndConference", &ctx, async {
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                user_id = acting_user(&r.user_id);
+                job_id = JobId::parse("JobId", &r.job_id);
+            }
+            let cmd = app::EndConference { instance_id, user_id, job_id };
+            let out = self.app.end_conference(&ctx, &cmd).await?;
+            Ok(ok_response!(EndConferenceResponse, ctx, proto::end_conference_response::Data {
+                call_context: Some(call_context(&out.call)),
+                user_context: Some(user_context(&out.agent)),
+                context_id: out.context_id,
+            }))
+        })
+        .await
+    }
+
+    async fn poll_user_status(
+        &self,
+        request: Request<proto::PollUserStatusRequest>,
+    ) -> Result<Response<proto::PollUserStatusResponse>, Status> {
+        let r = request.get_ref();
+        let ctx = context(request.metadata(), &r.user_id);
+        respond("PollUserStatus", &ctx, async {
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                user_id = acting_user(&r.user_id);
+            }
+            let out = self.app.poll_user_status(&app::PollUserStatus { instance_id, user_id }).await?;
+            Ok(ok_response!(PollUserStatusResponse, ctx, proto::poll_user_status_response::Data {
+                call_context: out.call.as_ref().map(call_context),
+                user_context: Some(user_context(&out.agent)),
+                context_id: out.context_id,
+            }))
+        })
+        .await
+    }
+
+    async fn ready_for_service(
+        &self,
+        request: Request<proto::ReadyForServiceRequest>,
+    ) -> Result<Response<proto::ReadyForServiceResponse>, Status> {
+        let r = request.get_ref();
+        let ctx = context(request.metadata(), &r.user_id);
+        respond("ReadyForService", &ctx, async {
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                user_id = acting_user(&r.user_id);
+            }
+            let cmd = app::ReadyForService { instance_id, user_id, outbound_scenario: r.outbound_scenario };
+            let (agent, _context_id) = self.app.ready_for_service(&ctx, &cmd).await?;
+            Ok(ok_response!(ReadyForServiceResponse, ctx, user_context(&agent)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,72 @@
+//! The Telephony service: ReportChannelEvent, how the media plane reports
+//! channel progress.
+
+use tonic::{Request, Response, Status};
+
+use crate::app::{self, App};
+use crate::domain::ids::{ChannelId, InstanceId, JobId};
+use crate::domain::states::ChannelState;
+use crate::error::ParamViolation;
+use crate::proto::{self, telephony_server::Telephony};
+
+use super::convert::{call_context, reported_channel_state};
+use super::request::{context, ok_response, optional, parse_params, respond, text};
+
+/// The actor recorded in events for media-plane reports.
+const ACTOR: &str = "telephony";
+const MAX_RELEASE_TEXT_BYTES: usize = 128;
+
+pub struct TelephonyService {
+    app: App,
+}
+
+impl TelephonyService {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+/// ReleaseInitiator and ReleaseReason belong to a release only.
+fn release_detail(
+    field: &'static str,
+    raw: &str,
+    state: Result<ChannelState, &ParamViolation>,
+) -> Result<Option<String>, ParamViolation> {
+    let value = optional(raw, |s| text(field, s, MAX_RELEASE_TEXT_BYTES))?;
+    match (value, state) {
+        (Some(_), Ok(s)) if s != ChannelState::Released => Err(ParamViolation::invalid(
+            field,
+            format!("It may only be given with ChannelState RELEASED, not {s}"),
+        )),
+        (value, _) => Ok(value),
+    }
+}
+
+#[tonic::async_trait]
+impl Telephony for TelephonyService {
+    async fn report_channel_event(
+        &self,
+        request: Request<proto::ReportChannelEventRequest>,
+    ) -> Result<Response<proto::ReportChannelEventResponse>, Status> {
+        let r = request.get_ref();
+        let ctx = context(request.metadata(), ACTOR);
+        respond("ReportChannelEvent", &ctx, async {
+            let reported = reported_channel_state("ChannelState", r.channel_state);
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                job_id = JobId::parse("JobId", &r.job_id);
+                channel_id = ChannelId::parse("ChannelId", &r.channel_id);
+                state = reported.clone();
+                release_initiator = release_detail("ReleaseInitiator", &r.release_initiator, reported.as_ref().copied());
+                release_reason = release_detail("ReleaseReason", &r.release_reason, reported.as_ref().copied());
+            }
+            let cmd = app::ReportChannelEvent { instance_id, job_id, channel_id, state, release_initiator, release_reason };
+            let out = self.app.report_channel_event(&ctx, &cmd).await?;
+            Ok(ok_response!(ReportChannelEventResponse, ctx, proto::report_channel_event_response::Data {
+                call_context: Some(call_context(&out.call)),
+                context_id: out.context_id,
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,31 @@
+//! Call control for a self-hosted contact center: the Alibaba Cloud Contact
+//! Center 2020-07-01 contract (EndConference and its siblings) over gRPC,
+//! with every call, channel and agent kept in PostgreSQL.
+//!
+//! Where things live:
+//! - [`domain`]: the rules, pure Rust (no I/O);
+//! - [`store`]: PostgreSQL only: one query to load what an action needs,
+//!   one statement to write what it decided;
+//! - [`app`]: one module per action: transaction → load → decide → persist;
+//! - [`grpc`]: translation between proto and domain, and the one place that
+//!   maps [`error::Error`] to a gRPC status;
+//! - [`startup`], [`config`], [`telemetry`]: wiring; `main.rs` only calls
+//!   them.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+/// The generated protobuf and gRPC code for `proto/ccc/v20200701`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("ccc.v20200701");
+
+    /// The encoded descriptor set of every `.proto`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ccc_descriptor");
+}

@@ -1,0 +1,70 @@
+//! Loading agents for an action that is not (yet) about a call:
+//! ReadyForService and StartConference.
+
+use crate::domain::Agent;
+use crate::domain::ids::{Extension, InstanceId, UserId};
+use crate::error::Error;
+
+use super::rows::{decode, AgentRow};
+use super::{db_error, Tx};
+
+/// The agents an action found, locked until the transaction ends.
+#[derive(Debug)]
+pub struct LoadedAgents {
+    pub instance_exists: bool,
+    /// Ordered by user ID.
+    pub agents: Vec<Agent>,
+    context_ids: Vec<i64>,
+}
+
+impl LoadedAgents {
+    pub fn agent(&self, user: &UserId) -> Option<&Agent> {
+        self.agents.iter().find(|a| &a.user_id == user)
+    }
+
+    /// The last event that changed `user`, or 0.
+    pub fn context_id(&self, user: &UserId) -> i64 {
+        self.agents
+            .iter()
+            .zip(&self.context_ids)
+            .find(|(a, _)| &a.user_id == user)
+            .map_or(0, |(_, id)| *id)
+    }
+}
+
+/// Locks in user-ID order: the same order every call action uses.
+const LOAD: &str = r#"
+WITH ag AS MATERIALIZED (
+    SELECT * FROM agents
+    WHERE instance_id = $1 AND (user_id = $2 OR extension = ANY($3))
+    ORDER BY user_id
+    FOR NO KEY UPDATE
+)
+SELECT
+    EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
+    (SELECT coalesce(jsonb_agg(to_jsonb(ag) ORDER BY ag.user_id), '[]') FROM ag) AS agents
+"#;
+
+/// Locks and reads agent `user` of `instance` and the agents with any of
+/// `extensions`.
+pub async fn load(
+    tx: &mut Tx,
+    instance: &InstanceId,
+    user: &UserId,
+    extensions: &[Extension],
+) -> Result<LoadedAgents, Error> {
+    let extensions: Vec<&str> = extensions.iter().map(Extension::as_str).collect();
+    let (instance_exists, agents): (bool, serde_json::Value) = sqlx::query_as(LOAD)
+        .bind(instance.as_str())
+        .bind(user.as_str())
+        .bind(&extensions)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    let rows: Vec<AgentRow> = decode(agents)?;
+    Ok(LoadedAgents {
+        instance_exists,
+        context_ids: rows.iter().map(|r| r.context_id).collect(),
+        agents: rows.into_iter().map(AgentRow::into_agent).collect(),
+    })
+}

@@ -1,0 +1,116 @@
+//! Loading a call for an action on it: the call row, its channels, and the
+//! agents the action may move, locked call first, then agents by user ID.
+
+use crate::domain::ids::{InstanceId, JobId, UserId};
+use crate::domain::states::ChannelState;
+use crate::domain::{Agent, Call};
+use crate::error::Error;
+
+use super::rows::{decode, AgentRow, CallRow, ChannelRow};
+use super::{db_error, Tx};
+
+/// Everything a call action decides on, as of one snapshot, with the call
+/// and agent rows locked until the transaction ends.
+#[derive(Debug)]
+pub struct LoadedCall {
+    pub instance_exists: bool,
+    pub call: Option<Call>,
+    /// The acting agent (if it exists) and every agent with a live channel
+    /// in the call, ordered by user ID.
+    pub agents: Vec<Agent>,
+    /// The last event that changed the call.
+    pub call_context_id: i64,
+    /// The last event that changed each agent, in `agents` order.
+    pub agent_context_ids: Vec<i64>,
+}
+
+impl LoadedCall {
+    pub fn agent(&self, user: &UserId) -> Option<&Agent> {
+        self.agents.iter().find(|a| &a.user_id == user)
+    }
+
+    /// The latest event that changed the call or `user`.
+    pub fn latest_context_id(&self, user: Option<&UserId>) -> i64 {
+        let agent = self
+            .agents
+            .iter()
+            .zip(&self.agent_context_ids)
+            .filter(|(a, _)| Some(&a.user_id) == user)
+            .map(|(_, id)| *id)
+            .max()
+            .unwrap_or(0);
+        agent.max(self.call_context_id)
+    }
+}
+
+/// The one locking read of EndConference and ReportChannelEvent.
+///
+/// The CTEs run in dependency order: `c` locks the call row, `ch` reads its
+/// channels (joined to `c`, so only once the call is locked), `ag` locks the
+/// acting agent and the agents of live channels, sorted by user ID so two
+/// transactions always lock agents in the same order. Which states are
+/// "live" comes from the domain.
+const LOAD: &str = r#"
+WITH c AS MATERIALIZED (
+    SELECT * FROM calls
+    WHERE instance_id = $1 AND job_id = $2
+    FOR NO KEY UPDATE
+), ch AS MATERIALIZED (
+    SELECT channels.* FROM channels JOIN c USING (instance_id, job_id)
+), ag AS MATERIALIZED (
+    SELECT agents.* FROM agents
+    WHERE agents.instance_id = $1
+      AND (agents.user_id = $3
+           OR agents.user_id IN (SELECT user_id FROM ch WHERE channel_state = ANY($4)))
+    ORDER BY agents.user_id
+    FOR NO KEY UPDATE
+)
+SELECT
+    EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
+    (SELECT to_jsonb(c) FROM c) AS call,
+    (SELECT coalesce(jsonb_agg(to_jsonb(ch) ORDER BY ch.idx), '[]') FROM ch) AS channels,
+    (SELECT coalesce(jsonb_agg(to_jsonb(ag) ORDER BY ag.user_id), '[]') FROM ag) AS agents
+"#;
+
+/// Locks and reads call `job` of `instance` with its channels, the agent
+/// `actor` (if given) and every agent with a live channel in the call.
+pub async fn load(
+    tx: &mut Tx,
+    instance: &InstanceId,
+    job: &JobId,
+    actor: Option<&UserId>,
+) -> Result<LoadedCall, Error> {
+    let live: Vec<&str> = ChannelState::LIVE.iter().map(|s| s.as_str()).collect();
+    let (instance_exists, call, channels, agents): (
+        bool,
+        Option<serde_json::Value>,
+        serde_json::Value,
+        serde_json::Value,
+    ) = sqlx::query_as(LOAD)
+        .bind(instance.as_str())
+        .bind(job.as_str())
+        .bind(actor.map(UserId::as_str))
+        .bind(&live)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+
+    let (call, call_context_id) = match call {
+        Some(row) => {
+            let row: CallRow = decode(row)?;
+            let context_id = row.context_id;
+            let channels: Vec<ChannelRow> = decode(channels)?;
+            (Some(row.into_call(channels)), context_id)
+        }
+        None => (None, 0),
+    };
+    let rows: Vec<AgentRow> = decode(agents)?;
+    let agent_context_ids = rows.iter().map(|r| r.context_id).collect();
+    Ok(LoadedCall {
+        instance_exists,
+        call,
+        agents: rows.into_iter().map(AgentRow::into_agent).collect(),
+        call_context_id,
+        agent_context_ids,
+    })
+}

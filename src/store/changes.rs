@@ -1,0 +1,208 @@
+//! Writing what an action decided: the call (new or updated), the channels
+//! that changed, the agents that changed and the event row that records it,
+//! all in one statement.
+
+use serde_json::Value;
+
+use crate::domain::ids::{InstanceId, UserId};
+use crate::domain::{Agent, Changes, Channel};
+use crate::error::Error;
+
+use super::{db_error, Tx};
+
+/// The event row an action appends: who did what, and the changed state
+/// before and after.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub request_id: &'a str,
+    /// The action's name, e.g. `EndConference`.
+    pub action: &'static str,
+    /// Who asked: the acting agent, or the calling service.
+    pub actor: &'a str,
+    /// What changed, as it was; `None` for a creation.
+    pub before: Option<Value>,
+    /// What changed, as it is now.
+    pub after: Value,
+}
+
+/// One statement for every kind of change. `$9` says what happens to the
+/// call: 'insert', 'update' or 'none'. The event goes in first; every other
+/// row written points at it (`context_id`), which is how ContextId reaches
+/// calls and agents without another round trip. Each part reports how many
+/// rows it wrote, so a mismatch with the decision is caught before commit.
+const APPLY: &str = r#"
+WITH ev AS (
+    INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    RETURNING event_id
+), new_call AS (
+    INSERT INTO calls (instance_id, job_id, call_type, initiator, tags, timeout_seconds,
+                       created_at, ended_at, context_id)
+    SELECT $1, $5, $10, $11, $12, $13, $14, $15, ev.event_id FROM ev
+    WHERE $9 = 'insert'
+    RETURNING 1
+), old_call AS (
+    UPDATE calls SET ended_at = $15, context_id = ev.event_id
+    FROM ev
+    WHERE $9 = 'update' AND calls.instance_id = $1 AND calls.job_id = $5
+    RETURNING 1
+), chan AS (
+    INSERT INTO channels (instance_id, job_id, channel_id, idx, user_id, user_extension,
+                          originator, destination, channel_state, call_type,
+                          release_initiator, release_reason, changed_at)
+    SELECT $1, $5, u.*
+    FROM unnest($16::text[], $17::int4[], $18::text[], $19::text[], $20::text[], $21::text[],
+                $22::text[], $23::text[], $24::text[], $25::text[], $26::int8[]) AS u
+    ON CONFLICT (instance_id, job_id, channel_id) DO UPDATE
+        SET channel_state = excluded.channel_state,
+            release_initiator = excluded.release_initiator,
+            release_reason = excluded.release_reason,
+            changed_at = excluded.changed_at
+    RETURNING 1
+), ag AS (
+    UPDATE agents
+    SET user_state = u.user_state, job_id = u.job_id, break_code = u.break_code,
+        outbound_scenario = u.outbound_scenario, context_id = ev.event_id
+    FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bool[])
+             AS u(user_id, user_state, job_id, break_code, outbound_scenario),
+         ev
+    WHERE agents.instance_id = $1 AND agents.user_id = u.user_id
+    RETURNING 1
+)
+SELECT ev.event_id,
+       (SELECT count(*) FROM new_call) + (SELECT count(*) FROM old_call),
+       (SELECT count(*) FROM chan),
+       (SELECT count(*) FROM ag)
+FROM ev
+"#;
+
+/// Writes `changes` and `event` for `instance`; returns the event's ID, the
+/// new ContextId.
+pub async fn apply(
+    tx: &mut Tx,
+    instance: &InstanceId,
+    event: &Event<'_>,
+    changes: &Changes,
+) -> Result<i64, Error> {
+    let call = changes.call.as_ref();
+    let call_mode = match (call, changes.call_created) {
+        (None, _) => "none",
+        (Some(_), true) => "insert",
+        (Some(_), false) => "update",
+    };
+    let user_ids: Vec<&str> = changes.agents.iter().map(|a| a.user_id.as_str()).collect();
+    let ch = ChannelColumns::of(changes.changed_channels());
+    let ag = AgentColumns::of(&changes.agents);
+
+    let (event_id, calls, channels, agents): (i64, i64, i64, i64) = sqlx::query_as(APPLY)
+        .bind(instance.as_str())
+        .bind(event.request_id)
+        .bind(event.action)
+        .bind(event.actor)
+        .bind(call.map(|c| c.job_id.as_str()))
+        .bind(&user_ids)
+        .bind(&event.before)
+        .bind(&event.after)
+        .bind(call_mode)
+        .bind(call.map(|c| c.call_type.as_str()))
+        .bind(call.map(|c| c.initiator.as_str()))
+        .bind(call.map(|c| c.tags.as_str()))
+        .bind(call.map(|c| c.timeout_seconds))
+        .bind(call.map(|c| c.created_at))
+        .bind(call.and_then(|c| c.ended_at))
+        .bind(&ch.channel_id)
+        .bind(&ch.idx)
+        .bind(&ch.user_id)
+        .bind(&ch.user_extension)
+        .bind(&ch.originator)
+        .bind(&ch.destination)
+        .bind(&ch.state)
+        .bind(&ch.call_type)
+        .bind(&ch.release_initiator)
+        .bind(&ch.release_reason)
+        .bind(&ch.changed_at)
+        .bind(&ag.user_id)
+        .bind(&ag.user_state)
+        .bind(&ag.job_id)
+        .bind(&ag.break_code)
+        .bind(&ag.outbound_scenario)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+
+    let expected = (
+        i64::from(call.is_some()),
+        changes.channels.len() as i64,
+        changes.agents.len() as i64,
+    );
+    if (calls, channels, agents) != expected {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "{}: wrote (calls, channels, agents) = {:?}, decided {:?}",
+            event.action,
+            (calls, channels, agents),
+            expected
+        )));
+    }
+    Ok(event_id)
+}
+
+/// Channels as parallel arrays, for `unnest`.
+#[derive(Default)]
+struct ChannelColumns<'a> {
+    channel_id: Vec<&'a str>,
+    idx: Vec<i32>,
+    user_id: Vec<Option<&'a str>>,
+    user_extension: Vec<&'a str>,
+    originator: Vec<&'a str>,
+    destination: Vec<&'a str>,
+    state: Vec<&'static str>,
+    call_type: Vec<&'static str>,
+    release_initiator: Vec<&'a str>,
+    release_reason: Vec<&'a str>,
+    changed_at: Vec<i64>,
+}
+
+impl<'a> ChannelColumns<'a> {
+    fn of(channels: impl Iterator<Item = &'a Channel>) -> Self {
+        let mut cols = Self::default();
+        for c in channels {
+            cols.channel_id.push(c.channel_id.as_str());
+            cols.idx.push(c.index);
+            cols.user_id.push(c.user_id.as_ref().map(UserId::as_str));
+            cols.user_extension
+                .push(c.user_extension.as_ref().map_or("", |e| e.as_str()));
+            cols.originator.push(&c.originator);
+            cols.destination.push(&c.destination);
+            cols.state.push(c.state.as_str());
+            cols.call_type.push(c.call_type.as_str());
+            cols.release_initiator.push(&c.release_initiator);
+            cols.release_reason.push(&c.release_reason);
+            cols.changed_at.push(c.timestamp);
+        }
+        cols
+    }
+}
+
+/// The mutable part of agents as parallel arrays, for `unnest`.
+#[derive(Default)]
+struct AgentColumns<'a> {
+    user_id: Vec<&'a str>,
+    user_state: Vec<&'static str>,
+    job_id: Vec<Option<&'a str>>,
+    break_code: Vec<&'a str>,
+    outbound_scenario: Vec<bool>,
+}
+
+impl<'a> AgentColumns<'a> {
+    fn of(agents: &'a [Agent]) -> Self {
+        let mut cols = Self::default();
+        for a in agents {
+            cols.user_id.push(a.user_id.as_str());
+            cols.user_state.push(a.user_state.as_str());
+            cols.job_id.push(a.job_id.as_ref().map(|j| j.as_str()));
+            cols.break_code.push(&a.break_code);
+            cols.outbound_scenario.push(a.outbound_scenario);
+        }
+        cols
+    }
+}
