@@ -23,15 +23,18 @@ use crate::proto::{
 pub use request::REQUEST_ID_HEADER;
 
 /// Every service of the contract, plus reflection (v1 and v1alpha, so
-/// grpcurl 1.8 works) and `grpc.health.v1`.
+/// grpcurl 1.8 works) and `grpc.health.v1`. Reflection also knows the
+/// `google.rpc` detail types, so `grpcurl` prints error details decoded.
 pub async fn routes(app: App) -> anyhow::Result<Routes> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
