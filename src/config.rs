@@ -6,10 +6,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The local database the service uses when none is given.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/ccc_callcontrol";
+pub const DEFAULT_DATABASE_URL: &str =
+    "postgres://postgres:postgres@127.0.0.1:5432/ccc_callcontrol";
 
 #[derive(Debug, Parser)]
-#[command(name = "ccc-callcontrol", version, about = "Contact-center call control (CCC 2020-07-01) over gRPC")]
+#[command(
+    name = "ccc-callcontrol",
+    version,
+    about = "Contact-center call control (CCC 2020-07-01) over gRPC"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -84,7 +89,9 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::try_parse_from(["ccc-callcontrol", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(args.database.max_connections, 16);
     }

@@ -193,7 +193,10 @@ fn parameter_message(violations: &[ParamViolation]) -> String {
         Some(ParamViolation {
             field,
             violation: Violation::Invalid(why),
-        }) => format!("The parameter {field} is invalid. {}.", why.trim_end_matches('.')),
+        }) => format!(
+            "The parameter {field} is invalid. {}.",
+            why.trim_end_matches('.')
+        ),
         Some(ParamViolation { field, .. }) => {
             format!("The parameter {field} must not be null or empty.")
         }

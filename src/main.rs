@@ -4,7 +4,7 @@
 use clap::Parser;
 
 use ccc_callcontrol::config::{Cli, Command};
-use ccc_callcontrol::startup::{prepare_database, Application};
+use ccc_callcontrol::startup::{Application, prepare_database};
 use ccc_callcontrol::telemetry;
 
 #[tokio::main]

@@ -25,12 +25,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// migrations with an advisory lock.
 pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let url = &args.database_url;
-    if !Postgres::database_exists(url).await.context("Failed to reach PostgreSQL")? {
+    if !Postgres::database_exists(url)
+        .await
+        .context("Failed to reach PostgreSQL")?
+    {
         // Two replicas may race to create it; losing that race is fine.
-        if let Err(e) = Postgres::create_database(url).await {
-            if !Postgres::database_exists(url).await.unwrap_or(false) {
-                return Err(e).context("Failed to create the database");
-            }
+        if let Err(e) = Postgres::create_database(url).await
+            && !Postgres::database_exists(url).await.unwrap_or(false)
+        {
+            return Err(e).context("Failed to create the database");
         }
         tracing::info!("created the database");
     }
@@ -44,7 +47,10 @@ pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         .connect_with(options)
         .await
         .context("Failed to connect to the database")?;
-    MIGRATOR.run(&pool).await.context("Failed to apply migrations")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("Failed to apply migrations")?;
     Ok(pool)
 }
 
@@ -68,7 +74,9 @@ impl Application {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests

@@ -6,7 +6,7 @@ use crate::domain::states::ChannelState;
 use crate::error::Error;
 use crate::store::{self, agents, calls, changes};
 
-use super::{change_event, now, retrying, App, Before, CallAndAgent, RequestContext};
+use super::{App, Before, CallAndAgent, RequestContext, change_event, now, retrying};
 
 #[derive(Debug, Clone)]
 pub struct StartConference {
@@ -43,19 +43,33 @@ pub struct ReportedCall {
 }
 
 impl App {
-    pub async fn start_conference(&self, ctx: &RequestContext, cmd: &StartConference) -> Result<CallAndAgent, Error> {
+    pub async fn start_conference(
+        &self,
+        ctx: &RequestContext,
+        cmd: &StartConference,
+    ) -> Result<CallAndAgent, Error> {
         retrying("StartConference", || self.try_start_conference(ctx, cmd)).await
     }
 
-    async fn try_start_conference(&self, ctx: &RequestContext, cmd: &StartConference) -> Result<CallAndAgent, Error> {
+    async fn try_start_conference(
+        &self,
+        ctx: &RequestContext,
+        cmd: &StartConference,
+    ) -> Result<CallAndAgent, Error> {
         // Only entries shaped like an extension can name an agent.
-        let extensions: Vec<Extension> = cmd.participants.iter().filter_map(|p| Extension::recognize(p)).collect();
+        let extensions: Vec<Extension> = cmd
+            .participants
+            .iter()
+            .filter_map(|p| Extension::recognize(p))
+            .collect();
         let mut tx = self.store.begin_action().await?;
         let loaded = agents::load(&mut tx, &cmd.instance_id, &cmd.user_id, &extensions).await?;
         if !loaded.instance_exists {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
         }
-        let initiator = loaded.agent(&cmd.user_id).ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let initiator = loaded
+            .agent(&cmd.user_id)
+            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
         let now = now();
         let new = NewCall {
             job_id: JobId::generate(now, rand::random()),
@@ -69,21 +83,39 @@ impl App {
         store::commit(tx).await?;
         let agent = changes.agent_after(initiator).clone();
         let call = changes.call.expect("a started conference is a call");
-        Ok(CallAndAgent { call, agent, context_id })
+        Ok(CallAndAgent {
+            call,
+            agent,
+            context_id,
+        })
     }
 
-    pub async fn end_conference(&self, ctx: &RequestContext, cmd: &EndConference) -> Result<CallAndAgent, Error> {
+    pub async fn end_conference(
+        &self,
+        ctx: &RequestContext,
+        cmd: &EndConference,
+    ) -> Result<CallAndAgent, Error> {
         retrying("EndConference", || self.try_end_conference(ctx, cmd)).await
     }
 
-    async fn try_end_conference(&self, ctx: &RequestContext, cmd: &EndConference) -> Result<CallAndAgent, Error> {
+    async fn try_end_conference(
+        &self,
+        ctx: &RequestContext,
+        cmd: &EndConference,
+    ) -> Result<CallAndAgent, Error> {
         let mut tx = self.store.begin_action().await?;
-        let loaded = calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, Some(&cmd.user_id)).await?;
+        let loaded =
+            calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, Some(&cmd.user_id)).await?;
         if !loaded.instance_exists {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
         }
-        let leaver = loaded.agent(&cmd.user_id).ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
-        let call = loaded.call.as_ref().ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+        let leaver = loaded
+            .agent(&cmd.user_id)
+            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let call = loaded
+            .call
+            .as_ref()
+            .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
 
         let Some(changes) = conference::leave(call, &loaded.agents, leaver, now())? else {
             // Already left: a retry. Nothing to write; report what is.
@@ -94,34 +126,79 @@ impl App {
                 context_id: loaded.latest_context_id(Some(&cmd.user_id)),
             });
         };
-        let event = change_event(ctx, "EndConference", Some(Before { call: Some(call), agents: &loaded.agents }), &changes);
+        let event = change_event(
+            ctx,
+            "EndConference",
+            Some(Before {
+                call: Some(call),
+                agents: &loaded.agents,
+            }),
+            &changes,
+        );
         let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
         store::commit(tx).await?;
         let agent = changes.agent_after(leaver).clone();
         let call = changes.call.expect("leaving changes the call");
-        Ok(CallAndAgent { call, agent, context_id })
+        Ok(CallAndAgent {
+            call,
+            agent,
+            context_id,
+        })
     }
 
-    pub async fn report_channel_event(&self, ctx: &RequestContext, cmd: &ReportChannelEvent) -> Result<ReportedCall, Error> {
-        retrying("ReportChannelEvent", || self.try_report_channel_event(ctx, cmd)).await
+    pub async fn report_channel_event(
+        &self,
+        ctx: &RequestContext,
+        cmd: &ReportChannelEvent,
+    ) -> Result<ReportedCall, Error> {
+        retrying("ReportChannelEvent", || {
+            self.try_report_channel_event(ctx, cmd)
+        })
+        .await
     }
 
-    async fn try_report_channel_event(&self, ctx: &RequestContext, cmd: &ReportChannelEvent) -> Result<ReportedCall, Error> {
+    async fn try_report_channel_event(
+        &self,
+        ctx: &RequestContext,
+        cmd: &ReportChannelEvent,
+    ) -> Result<ReportedCall, Error> {
         let mut tx = self.store.begin_action().await?;
         let loaded = calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, None).await?;
         if !loaded.instance_exists {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
         }
-        let call = loaded.call.as_ref().ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
-        let release_by = (cmd.release_initiator.as_deref(), cmd.release_reason.as_deref());
-        let Some(changes) = conference::report(call, &loaded.agents, &cmd.channel_id, cmd.state, release_by, now())? else {
+        let call = loaded
+            .call
+            .as_ref()
+            .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+        let release_by = (
+            cmd.release_initiator.as_deref(),
+            cmd.release_reason.as_deref(),
+        );
+        let Some(changes) = conference::report(
+            call,
+            &loaded.agents,
+            &cmd.channel_id,
+            cmd.state,
+            release_by,
+            now(),
+        )?
+        else {
             store::rollback(tx).await?;
             return Ok(ReportedCall {
                 call: call.clone(),
                 context_id: loaded.latest_context_id(None),
             });
         };
-        let event = change_event(ctx, "ReportChannelEvent", Some(Before { call: Some(call), agents: &loaded.agents }), &changes);
+        let event = change_event(
+            ctx,
+            "ReportChannelEvent",
+            Some(Before {
+                call: Some(call),
+                agents: &loaded.agents,
+            }),
+            &changes,
+        );
         let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
         store::commit(tx).await?;
         let call = changes.call.expect("a channel event changes the call");

@@ -10,7 +10,7 @@ mod status;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub use conference::{EndConference, ReportChannelEvent, StartConference};
 pub use provisioning::{CreateInstance, CreateUser};
@@ -19,8 +19,8 @@ pub use status::{PollUserStatus, ReadyForService};
 use crate::domain::ids::Millis;
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
-use crate::store::changes::Event;
 use crate::store::Store;
+use crate::store::changes::Event;
 
 /// How often an action that lost a race is tried in all.
 const ATTEMPTS: u32 = 8;
@@ -101,7 +101,11 @@ fn change_event<'a>(
 ) -> Event<'a> {
     let before = before.map(|b| {
         let channels: Vec<_> = match b.call {
-            Some(call) => changes.channels.iter().map(|&p| &call.channels[p]).collect(),
+            Some(call) => changes
+                .channels
+                .iter()
+                .map(|&p| &call.channels[p])
+                .collect(),
             None => Vec::new(),
         };
         let agents: Vec<_> = b

@@ -6,11 +6,11 @@ use crate::domain::agent::Agent;
 use crate::domain::ids::{Extension, InstanceId, LoginName, PhoneNumber, UserId};
 use crate::domain::states::WorkMode;
 use crate::error::Error;
+use crate::store;
 use crate::store::changes::Event;
 use crate::store::provisioning::{self, Instance, Profile};
-use crate::store;
 
-use super::{now, retrying, App, RequestContext};
+use super::{App, RequestContext, now, retrying};
 
 #[derive(Debug, Clone)]
 pub struct CreateInstance {
@@ -37,7 +37,11 @@ pub struct CreatedUser {
 }
 
 impl App {
-    pub async fn create_instance(&self, ctx: &RequestContext, cmd: &CreateInstance) -> Result<Instance, Error> {
+    pub async fn create_instance(
+        &self,
+        ctx: &RequestContext,
+        cmd: &CreateInstance,
+    ) -> Result<Instance, Error> {
         let instance = Instance {
             instance_id: cmd.instance_id.clone(),
             name: cmd.name.clone(),
@@ -55,11 +59,19 @@ impl App {
         Ok(instance)
     }
 
-    pub async fn create_user(&self, ctx: &RequestContext, cmd: &CreateUser) -> Result<CreatedUser, Error> {
+    pub async fn create_user(
+        &self,
+        ctx: &RequestContext,
+        cmd: &CreateUser,
+    ) -> Result<CreatedUser, Error> {
         retrying("CreateUser", || self.try_create_user(ctx, cmd)).await
     }
 
-    async fn try_create_user(&self, ctx: &RequestContext, cmd: &CreateUser) -> Result<CreatedUser, Error> {
+    async fn try_create_user(
+        &self,
+        ctx: &RequestContext,
+        cmd: &CreateUser,
+    ) -> Result<CreatedUser, Error> {
         let mut tx = self.store.begin().await?;
         if !provisioning::lock_instance(&mut tx, &cmd.instance_id).await? {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));

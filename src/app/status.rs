@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::store::{self, agents, changes, status};
 
 use super::conference::user_not_found;
-use super::{change_event, retrying, App, Before, RequestContext};
+use super::{App, Before, RequestContext, change_event, retrying};
 
 #[derive(Debug, Clone)]
 pub struct PollUserStatus {
@@ -35,7 +35,9 @@ impl App {
         if !found.instance_exists {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
         }
-        let agent = found.agent.ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let agent = found
+            .agent
+            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
         Ok(AgentStatus {
             agent,
             call: found.call,
@@ -44,24 +46,37 @@ impl App {
     }
 
     /// Returns the agent, READY, and the ContextId to report.
-    pub async fn ready_for_service(&self, ctx: &RequestContext, cmd: &ReadyForService) -> Result<(Agent, i64), Error> {
+    pub async fn ready_for_service(
+        &self,
+        ctx: &RequestContext,
+        cmd: &ReadyForService,
+    ) -> Result<(Agent, i64), Error> {
         retrying("ReadyForService", || self.try_ready_for_service(ctx, cmd)).await
     }
 
-    async fn try_ready_for_service(&self, ctx: &RequestContext, cmd: &ReadyForService) -> Result<(Agent, i64), Error> {
+    async fn try_ready_for_service(
+        &self,
+        ctx: &RequestContext,
+        cmd: &ReadyForService,
+    ) -> Result<(Agent, i64), Error> {
         let mut tx = self.store.begin_action().await?;
         let loaded = agents::load(&mut tx, &cmd.instance_id, &cmd.user_id, &[]).await?;
         if !loaded.instance_exists {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
         }
-        let agent = loaded.agent(&cmd.user_id).ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+        let agent = loaded
+            .agent(&cmd.user_id)
+            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
         let ready = agent.ready_for_service(cmd.outbound_scenario)?;
         if &ready == agent {
             store::rollback(tx).await?;
             return Ok((ready, loaded.context_id(&cmd.user_id)));
         }
         let changes = Changes::of_agent(ready);
-        let before = Before { call: None, agents: std::slice::from_ref(agent) };
+        let before = Before {
+            call: None,
+            agents: std::slice::from_ref(agent),
+        };
         let event = change_event(ctx, "ReadyForService", Some(before), &changes);
         let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
         store::commit(tx).await?;

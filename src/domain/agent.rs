@@ -137,7 +137,10 @@ impl Agent {
 }
 
 /// An agent working off site is reached on its mobile, so it must have one.
-pub fn check_mobile(work_mode: WorkMode, mobile: Option<&PhoneNumber>) -> Result<(), ParamViolation> {
+pub fn check_mobile(
+    work_mode: WorkMode,
+    mobile: Option<&PhoneNumber>,
+) -> Result<(), ParamViolation> {
     if work_mode == WorkMode::OffSite && mobile.is_none() {
         Err(ParamViolation::blank("Mobile"))
     } else {
@@ -177,9 +180,24 @@ mod tests {
             (Offline, "READY", "InvalidOperation.UserState", "UserBusy"),
             (Ready, "READY", "TALKING", "RINGING"),
             (Break, "READY", "TALKING", "UserBusy"),
-            (Ringing, "InvalidOperation.UserState", "InvalidOperation.UserState", "UserBusy"),
-            (Dialing, "InvalidOperation.UserState", "InvalidOperation.UserState", "UserBusy"),
-            (Talking, "InvalidOperation.UserState", "InvalidOperation.UserState", "UserBusy"),
+            (
+                Ringing,
+                "InvalidOperation.UserState",
+                "InvalidOperation.UserState",
+                "UserBusy",
+            ),
+            (
+                Dialing,
+                "InvalidOperation.UserState",
+                "InvalidOperation.UserState",
+                "UserBusy",
+            ),
+            (
+                Talking,
+                "InvalidOperation.UserState",
+                "InvalidOperation.UserState",
+                "UserBusy",
+            ),
             (Working, "READY", "TALKING", "UserBusy"),
         ];
         fn outcome(r: Result<Agent, Error>) -> &'static str {
@@ -191,18 +209,30 @@ mod tests {
         assert_eq!(table.len(), UserState::ALL.len());
         for (from, ready, start, invite) in table {
             let a = agent(*from, Some("job-0"));
-            assert_eq!(outcome(a.ready_for_service(false)), *ready, "ready from {from}");
+            assert_eq!(
+                outcome(a.ready_for_service(false)),
+                *ready,
+                "ready from {from}"
+            );
             assert_eq!(outcome(a.start_call(&job())), *start, "start from {from}");
-            assert_eq!(outcome(a.invite(&job(), "8001")), *invite, "invite from {from}");
+            assert_eq!(
+                outcome(a.invite(&job(), "8001")),
+                *invite,
+                "invite from {from}"
+            );
         }
     }
 
     #[test]
     fn ready_for_service_forgets_the_last_call_and_sets_the_scenario() {
-        let a = agent(Working, Some("job-1")).ready_for_service(true).unwrap();
+        let a = agent(Working, Some("job-1"))
+            .ready_for_service(true)
+            .unwrap();
         assert_eq!(a.job_id, None);
         assert!(a.outbound_scenario);
-        let err = agent(Talking, Some("job-1")).ready_for_service(false).unwrap_err();
+        let err = agent(Talking, Some("job-1"))
+            .ready_for_service(false)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "The operation is not allowed. User state (TALKING) does not meet expectations (OFFLINE, BREAK, WORKING, READY)."
@@ -211,10 +241,19 @@ mod tests {
 
     #[test]
     fn starting_and_being_invited_set_the_job() {
-        assert_eq!(agent(Ready, None).start_call(&job()).unwrap().job_id, Some(job()));
-        assert_eq!(agent(Ready, None).invite(&job(), "8001").unwrap().job_id, Some(job()));
         assert_eq!(
-            agent(Talking, None).invite(&job(), "8001").unwrap_err().to_string(),
+            agent(Ready, None).start_call(&job()).unwrap().job_id,
+            Some(job())
+        );
+        assert_eq!(
+            agent(Ready, None).invite(&job(), "8001").unwrap().job_id,
+            Some(job())
+        );
+        assert_eq!(
+            agent(Talking, None)
+                .invite(&job(), "8001")
+                .unwrap_err()
+                .to_string(),
             "The user 8001 you called was busy. Please try again later."
         );
     }
@@ -236,9 +275,19 @@ mod tests {
         for (from, answered, released_answered, released_unanswered) in table {
             let a = agent(*from, Some("job-1"));
             assert_eq!(a.channel_answered(&job()).user_state, *answered, "{from}");
-            assert_eq!(a.channel_released(&job(), true).user_state, *released_answered);
-            assert_eq!(a.channel_released(&job(), false).user_state, *released_unanswered);
-            assert_eq!(a.channel_released(&job(), true).job_id, Some(job()), "keeps the call");
+            assert_eq!(
+                a.channel_released(&job(), true).user_state,
+                *released_answered
+            );
+            assert_eq!(
+                a.channel_released(&job(), false).user_state,
+                *released_unanswered
+            );
+            assert_eq!(
+                a.channel_released(&job(), true).job_id,
+                Some(job()),
+                "keeps the call"
+            );
         }
     }
 

@@ -109,9 +109,18 @@ impl Call {
         released
     }
 
-    fn release_one(&mut self, position: usize, initiator: &str, reason: &str, now: Millis) -> Released {
+    fn release_one(
+        &mut self,
+        position: usize,
+        initiator: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Released {
         let channel = &mut self.channels[position];
-        debug_assert!(!channel.state.is_gone(), "a released channel is not released again");
+        debug_assert!(
+            !channel.state.is_gone(),
+            "a released channel is not released again"
+        );
         let had_answered = channel.state == ChannelState::Answered;
         channel.state = ChannelState::Released;
         channel.release_initiator = initiator.to_owned();
@@ -201,7 +210,10 @@ pub(crate) mod tests {
     fn an_agents_live_channel_is_preferred() {
         let mut call = conference(&[(Answered, true), (Released, true), (Ringing, true)]);
         call.channels[2].user_id = call.channels[1].user_id.clone();
-        assert_eq!(call.position_of_agent(&UserId::from_trusted("a2@i")), Some(2));
+        assert_eq!(
+            call.position_of_agent(&UserId::from_trusted("a2@i")),
+            Some(2)
+        );
         assert_eq!(call.position_of_agent(&UserId::from_trusted("zz@i")), None);
     }
 }

@@ -81,14 +81,21 @@ pub fn parse_participants(raw: &str) -> Result<Vec<String>, ParamViolation> {
     if entries.is_empty() || entries.len() > MAX_PARTICIPANTS {
         return Err(ParamViolation::invalid(
             FIELD,
-            format!("It must list 1 to {MAX_PARTICIPANTS} participants, not {}", entries.len()),
+            format!(
+                "It must list 1 to {MAX_PARTICIPANTS} participants, not {}",
+                entries.len()
+            ),
         ));
     }
     for (i, entry) in entries.iter().enumerate() {
-        if super::ids::Extension::recognize(entry).is_none() && PhoneNumber::recognize(entry).is_none() {
+        if super::ids::Extension::recognize(entry).is_none()
+            && PhoneNumber::recognize(entry).is_none()
+        {
             return Err(ParamViolation::invalid(
                 FIELD,
-                format!("The participant {entry:?} is neither an agent extension nor a phone number"),
+                format!(
+                    "The participant {entry:?} is neither an agent extension nor a phone number"
+                ),
             ));
         }
         if entries[..i].contains(entry) {
@@ -117,7 +124,12 @@ pub struct NewCall {
 /// Checks, in order: every entry resolves (an agent's extension, else a
 /// phone number) and is not the initiator's own extension; the initiator is
 /// idle; every invited agent is READY.
-pub fn start(initiator: &Agent, entries: &[String], agents: &[Agent], new: NewCall) -> Result<Changes, Error> {
+pub fn start(
+    initiator: &Agent,
+    entries: &[String],
+    agents: &[Agent],
+    new: NewCall,
+) -> Result<Changes, Error> {
     const FIELD: &str = "ParticipantListJson";
     enum Party<'a> {
         Agent(&'a Agent),
@@ -138,7 +150,9 @@ pub fn start(initiator: &Agent, entries: &[String], agents: &[Agent], new: NewCa
         } else {
             return Err(Error::invalid(
                 FIELD,
-                format!("The participant {entry:?} is neither an agent extension in the instance nor a phone number"),
+                format!(
+                    "The participant {entry:?} is neither an agent extension in the instance nor a phone number"
+                ),
             ));
         }
     }
@@ -146,7 +160,14 @@ pub fn start(initiator: &Agent, entries: &[String], agents: &[Agent], new: NewCa
     let job = &new.job_id;
     let mut changed = vec![initiator.start_call(job)?];
     let me = initiator.extension.as_str();
-    let mut channels = vec![channel(1, me, me, Some(initiator), ChannelState::Answered, &new)];
+    let mut channels = vec![channel(
+        1,
+        me,
+        me,
+        Some(initiator),
+        ChannelState::Answered,
+        &new,
+    )];
     for (i, (entry, party)) in entries.iter().zip(&parties).enumerate() {
         let agent = match party {
             Party::Agent(agent) => {
@@ -155,7 +176,14 @@ pub fn start(initiator: &Agent, entries: &[String], agents: &[Agent], new: NewCa
             }
             Party::Customer => None,
         };
-        channels.push(channel(i as i32 + 2, me, entry, agent, ChannelState::Ringing, &new));
+        channels.push(channel(
+            i as i32 + 2,
+            me,
+            entry,
+            agent,
+            ChannelState::Ringing,
+            &new,
+        ));
     }
 
     let call = Call {
@@ -202,7 +230,12 @@ fn channel(
 /// EndConference: `leaver` leaves `call`; `agents` are the agents with a
 /// live channel in it. `Ok(None)`: the agent had already left, nothing to
 /// change.
-pub fn leave(call: &Call, agents: &[Agent], leaver: &Agent, now: Millis) -> Result<Option<Changes>, Error> {
+pub fn leave(
+    call: &Call,
+    agents: &[Agent],
+    leaver: &Agent,
+    now: Millis,
+) -> Result<Option<Changes>, Error> {
     if call.call_type != CallType::Conference {
         return Err(Error::NotAConference(call.job_id.to_string()));
     }
@@ -217,7 +250,10 @@ pub fn leave(call: &Call, agents: &[Agent], leaver: &Agent, now: Millis) -> Resu
         return Ok(None);
     }
     if !state.is_live() {
-        return Err(Error::channel_state(state.as_str(), &names(ChannelState::LIVE)));
+        return Err(Error::channel_state(
+            state.as_str(),
+            &names(ChannelState::LIVE),
+        ));
     }
     let initiator = leaver.extension.as_str().to_owned();
     release(call, agents, position, &initiator, REASON_LEFT, now).map(Some)
@@ -235,10 +271,12 @@ pub fn report(
     release_by: (Option<&str>, Option<&str>),
     now: Millis,
 ) -> Result<Option<Changes>, Error> {
-    let position = call.position_of_channel(id).ok_or_else(|| Error::ChannelNotFound {
-        channel_id: id.to_string(),
-        job_id: call.job_id.to_string(),
-    })?;
+    let position = call
+        .position_of_channel(id)
+        .ok_or_else(|| Error::ChannelNotFound {
+            channel_id: id.to_string(),
+            job_id: call.job_id.to_string(),
+        })?;
     let channel = &call.channels[position];
     if channel.state == next {
         return Ok(None);
@@ -260,13 +298,11 @@ pub fn report(
     changed.state = next;
     changed.timestamp = now;
     let mut moved = Vec::new();
-    if next == ChannelState::Answered {
-        if let Some(user) = &changed.user_id {
-            let agent = find(agents, user)?;
-            let answered = agent.channel_answered(&call.job_id);
-            if &answered != agent {
-                moved.push(answered);
-            }
+    if let (ChannelState::Answered, Some(user)) = (next, &changed.user_id) {
+        let agent = find(agents, user)?;
+        let answered = agent.channel_answered(&call.job_id);
+        if &answered != agent {
+            moved.push(answered);
         }
     }
     Ok(Some(Changes::of_call(after, vec![position], moved)))
@@ -376,22 +412,50 @@ mod tests {
     fn start_rings_everyone_and_puts_the_initiator_on_the_call() {
         let me = agent(1, UserState::Ready, None);
         let other = agent(2, UserState::Ready, None);
-        let changes = start(&me, &entries(&["8002", "13900001234"]), &[other], new_call()).unwrap();
+        let changes = start(
+            &me,
+            &entries(&["8002", "13900001234"]),
+            &[other],
+            new_call(),
+        )
+        .unwrap();
         let call = changes.call.as_ref().unwrap();
         assert!(changes.call_created);
         assert_eq!(call.call_type, CallType::Conference);
         assert_eq!(call.tags, "vip");
-        let states: Vec<_> = call.channels.iter().map(|c| (c.index, c.state, c.user_id.is_some())).collect();
-        assert_eq!(states, vec![(1, Answered, true), (2, Ringing, true), (3, Ringing, false)]);
+        let states: Vec<_> = call
+            .channels
+            .iter()
+            .map(|c| (c.index, c.state, c.user_id.is_some()))
+            .collect();
+        assert_eq!(
+            states,
+            vec![(1, Answered, true), (2, Ringing, true), (3, Ringing, false)]
+        );
         assert_eq!(
             call.channels[2].channel_id.as_str(),
             "ch:user:8001->13900001234:1000:job-9"
         );
-        assert_eq!(call.channels[1].user_extension.as_ref().unwrap().as_str(), "8002");
+        assert_eq!(
+            call.channels[1].user_extension.as_ref().unwrap().as_str(),
+            "8002"
+        );
         assert_eq!(changes.channels, vec![0, 1, 2]);
-        let agents: Vec<_> = changes.agents.iter().map(|a| (a.user_id.as_str(), a.user_state)).collect();
-        assert_eq!(agents, vec![("a1@i", UserState::Talking), ("a2@i", UserState::Ringing)]);
-        assert!(changes.agents.iter().all(|a| a.job_id.as_ref().unwrap().as_str() == "job-9"));
+        let agents: Vec<_> = changes
+            .agents
+            .iter()
+            .map(|a| (a.user_id.as_str(), a.user_state))
+            .collect();
+        assert_eq!(
+            agents,
+            vec![("a1@i", UserState::Talking), ("a2@i", UserState::Ringing)]
+        );
+        assert!(
+            changes
+                .agents
+                .iter()
+                .all(|a| a.job_id.as_ref().unwrap().as_str() == "job-9")
+        );
     }
 
     #[test]
@@ -402,14 +466,26 @@ mod tests {
             (&["8001"], UserState::Ready, "Parameter.Invalid"),
             (&["8009"], UserState::Ready, "Parameter.Invalid"),
             (&["8002"], UserState::Ready, "UserBusy"),
-            (&["13900001234"], UserState::Offline, "InvalidOperation.UserState"),
-            (&["13900001234"], UserState::Talking, "InvalidOperation.UserState"),
+            (
+                &["13900001234"],
+                UserState::Offline,
+                "InvalidOperation.UserState",
+            ),
+            (
+                &["13900001234"],
+                UserState::Talking,
+                "InvalidOperation.UserState",
+            ),
             // Parameters are checked before states.
             (&["8009"], UserState::Offline, "Parameter.Invalid"),
         ];
         for (list, my_state, code) in cases {
-            let me = Agent { user_state: *my_state, ..me.clone() };
-            let err = start(&me, &entries(list), std::slice::from_ref(&busy), new_call()).unwrap_err();
+            let me = Agent {
+                user_state: *my_state,
+                ..me.clone()
+            };
+            let err =
+                start(&me, &entries(list), std::slice::from_ref(&busy), new_call()).unwrap_err();
             assert_eq!(err.code(), *code, "{list:?} from {my_state}");
         }
     }
@@ -477,7 +553,10 @@ mod tests {
     fn leaving_from_every_channel_state() {
         for state in ChannelState::ALL {
             let call = conference(&[(Answered, true), (*state, true), (Answered, false)]);
-            let agents = vec![agent(1, UserState::Talking, Some("job-1")), agent(2, UserState::Talking, Some("job-1"))];
+            let agents = vec![
+                agent(1, UserState::Talking, Some("job-1")),
+                agent(2, UserState::Talking, Some("job-1")),
+            ];
             let outcome = match leave(&call, &agents, &agents[1], 1) {
                 Ok(Some(_)) => "released",
                 Ok(None) => "unchanged",
@@ -496,7 +575,10 @@ mod tests {
     fn only_conference_members_can_leave() {
         let (call, _) = three_party();
         let stranger = agent(7, UserState::Ready, None);
-        assert_eq!(leave(&call, &[], &stranger, 1).unwrap_err().code(), "InvalidOperation.NotInConference");
+        assert_eq!(
+            leave(&call, &[], &stranger, 1).unwrap_err().code(),
+            "InvalidOperation.NotInConference"
+        );
         let mut internal = call.clone();
         internal.call_type = CallType::Internal;
         let err = leave(&internal, &[], &stranger, 1).unwrap_err();
@@ -509,9 +591,14 @@ mod tests {
     #[test]
     fn answering_puts_the_agent_in_talking() {
         let call = conference(&[(Answered, true), (Ringing, true), (Ringing, false)]);
-        let agents = vec![agent(1, UserState::Talking, Some("job-1")), agent(2, UserState::Ringing, Some("job-1"))];
+        let agents = vec![
+            agent(1, UserState::Talking, Some("job-1")),
+            agent(2, UserState::Ringing, Some("job-1")),
+        ];
         let id = call.channels[1].channel_id.clone();
-        let changes = report(&call, &agents, &id, Answered, (None, None), 70).unwrap().unwrap();
+        let changes = report(&call, &agents, &id, Answered, (None, None), 70)
+            .unwrap()
+            .unwrap();
         assert_eq!(changes.call.as_ref().unwrap().channels[1].state, Answered);
         assert_eq!(changes.call.as_ref().unwrap().channels[1].timestamp, 70);
         assert_eq!(changes.agents[0].user_state, UserState::Talking);
@@ -522,7 +609,9 @@ mod tests {
         let call = conference(&[(Answered, true), (Released, true), (Answered, false)]);
         let agents = vec![agent(1, UserState::Talking, Some("job-1"))];
         let id = call.channels[2].channel_id.clone();
-        let changes = report(&call, &agents, &id, Released, (None, None), 80).unwrap().unwrap();
+        let changes = report(&call, &agents, &id, Released, (None, None), 80)
+            .unwrap()
+            .unwrap();
         let after = changes.call.as_ref().unwrap();
         assert_eq!(after.channels[2].release_initiator, "13900000003");
         assert_eq!(after.channels[2].release_reason, REASON_HUNG_UP);
@@ -537,16 +626,20 @@ mod tests {
         for from in ChannelState::ALL {
             for to in ChannelState::ALL {
                 let call = conference(&[(Answered, true), (Answered, true), (*from, false)]);
-                let agents = vec![agent(1, UserState::Talking, Some("job-1")), agent(2, UserState::Talking, Some("job-1"))];
+                let agents = vec![
+                    agent(1, UserState::Talking, Some("job-1")),
+                    agent(2, UserState::Talking, Some("job-1")),
+                ];
                 let id = call.channels[2].channel_id.clone();
-                let outcome = match report(&call, &agents, &id, *to, (Some("x"), Some("486 - Busy")), 1) {
-                    Ok(Some(c)) => {
-                        assert_eq!(c.call.unwrap().channels[2].state, *to);
-                        "moved"
-                    }
-                    Ok(None) => "unchanged",
-                    Err(e) => e.code(),
-                };
+                let outcome =
+                    match report(&call, &agents, &id, *to, (Some("x"), Some("486 - Busy")), 1) {
+                        Ok(Some(c)) => {
+                            assert_eq!(c.call.unwrap().channels[2].state, *to);
+                            "moved"
+                        }
+                        Ok(None) => "unchanged",
+                        Err(e) => e.code(),
+                    };
                 let expected = if from == to {
                     "unchanged"
                 } else if from.may_move_to(*to) {
@@ -562,7 +655,15 @@ mod tests {
     #[test]
     fn reporting_an_unknown_channel() {
         let (call, agents) = three_party();
-        let err = report(&call, &agents, &ChannelId::from_trusted("nope"), Answered, (None, None), 1).unwrap_err();
+        let err = report(
+            &call,
+            &agents,
+            &ChannelId::from_trusted("nope"),
+            Answered,
+            (None, None),
+            1,
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "NotExists.ChannelId");
     }
 }

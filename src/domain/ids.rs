@@ -192,7 +192,8 @@ impl ChannelId {
 impl Extension {
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, ParamViolation> {
         let raw = non_blank(field, raw)?;
-        Self::recognize(raw).ok_or_else(|| ParamViolation::invalid(field, "It must be 2 to 10 digits"))
+        Self::recognize(raw)
+            .ok_or_else(|| ParamViolation::invalid(field, "It must be 2 to 10 digits"))
     }
 
     /// `Some` if `raw` has the shape of an extension.
@@ -222,11 +223,23 @@ mod tests {
     use crate::error::Violation;
 
     fn invalid<T: fmt::Debug>(r: Result<T, ParamViolation>) -> bool {
-        matches!(r, Err(ParamViolation { violation: Violation::Invalid(_), .. }))
+        matches!(
+            r,
+            Err(ParamViolation {
+                violation: Violation::Invalid(_),
+                ..
+            })
+        )
     }
 
     fn blank<T: fmt::Debug>(r: Result<T, ParamViolation>) -> bool {
-        matches!(r, Err(ParamViolation { violation: Violation::Blank, .. }))
+        matches!(
+            r,
+            Err(ParamViolation {
+                violation: Violation::Blank,
+                ..
+            })
+        )
     }
 
     #[test]
@@ -264,7 +277,10 @@ mod tests {
         assert!(invalid(JobId::parse("JobId", "job-")));
         assert!(invalid(JobId::parse("JobId", "job-12a")));
         assert!(invalid(JobId::parse("JobId", "6538214103685")));
-        assert!(invalid(JobId::parse("JobId", &format!("job-{}", "1".repeat(33)))));
+        assert!(invalid(JobId::parse(
+            "JobId",
+            &format!("job-{}", "1".repeat(33))
+        )));
         let generated = JobId::generate(1_732_460_000_000, 42);
         assert_eq!(generated.as_str(), "job-1732460000000000042");
         assert!(JobId::parse("JobId", generated.as_str()).is_ok());

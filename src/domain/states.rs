@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn channel_states_only_move_forward() {
         let allowed: &[(ChannelState, &[ChannelState])] = &[
-            (ChannelState::None, &[Created, Ringing, EarlyMedia, Answered, Released]),
+            (
+                ChannelState::None,
+                &[Created, Ringing, EarlyMedia, Answered, Released],
+            ),
             (Created, &[Ringing, EarlyMedia, Answered, Released]),
             (Ringing, &[EarlyMedia, Answered, Released]),
             (EarlyMedia, &[Answered, Released]),
@@ -206,21 +209,14 @@ mod tests {
         ];
         for (from, tos) in allowed {
             for to in ChannelState::ALL {
-                assert_eq!(
-                    from.may_move_to(*to),
-                    tos.contains(to),
-                    "{from} -> {to}"
-                );
+                assert_eq!(from.may_move_to(*to), tos.contains(to), "{from} -> {to}");
             }
         }
     }
 
     #[test]
     fn live_and_gone() {
-        assert_eq!(
-            ChannelState::ALL.iter().filter(|s| s.is_live()).count(),
-            4
-        );
+        assert_eq!(ChannelState::ALL.iter().filter(|s| s.is_live()).count(), 4);
         assert!(!ChannelState::None.is_live() && !ChannelState::None.is_gone());
         assert!(Released.is_gone() && Retired.is_gone());
         assert_eq!(

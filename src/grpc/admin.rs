@@ -37,14 +37,22 @@ impl Admin for AdminService {
                 name = required_text("Name", &r.name, 128);
                 description = text("Description", &r.description, 1024);
             }
-            let cmd = app::CreateInstance { instance_id, name, description };
+            let cmd = app::CreateInstance {
+                instance_id,
+                name,
+                description,
+            };
             let out = self.app.create_instance(&ctx, &cmd).await?;
-            Ok(ok_response!(CreateInstanceResponse, ctx, proto::Instance {
-                instance_id: out.instance_id.to_string(),
-                name: out.name,
-                description: out.description,
-                create_time: out.created_at,
-            }))
+            Ok(ok_response!(
+                CreateInstanceResponse,
+                ctx,
+                proto::Instance {
+                    instance_id: out.instance_id.to_string(),
+                    name: out.name,
+                    description: out.description,
+                    create_time: out.created_at,
+                }
+            ))
         })
         .await
     }
@@ -69,19 +77,35 @@ impl Admin for AdminService {
                 };
                 extension = optional(&r.extension, |s| Extension::parse("Extension", s));
             }
-            let cmd = app::CreateUser { instance_id, login_name, display_name, work_mode, mobile, extension };
+            let cmd = app::CreateUser {
+                instance_id,
+                login_name,
+                display_name,
+                work_mode,
+                mobile,
+                extension,
+            };
             let out = self.app.create_user(&ctx, &cmd).await?;
             let a = &out.agent;
-            Ok(ok_response!(CreateUserResponse, ctx, proto::User {
-                user_id: a.user_id.to_string(),
-                instance_id: a.instance_id.to_string(),
-                login_name: out.profile.login_name.to_string(),
-                display_name: out.profile.display_name.clone(),
-                extension: a.extension.to_string(),
-                work_mode: user_context(a).work_mode,
-                mobile: out.profile.mobile.as_ref().map(ToString::to_string).unwrap_or_default(),
-                user_context: Some(user_context(a)),
-            }))
+            Ok(ok_response!(
+                CreateUserResponse,
+                ctx,
+                proto::User {
+                    user_id: a.user_id.to_string(),
+                    instance_id: a.instance_id.to_string(),
+                    login_name: out.profile.login_name.to_string(),
+                    display_name: out.profile.display_name.clone(),
+                    extension: a.extension.to_string(),
+                    work_mode: user_context(a).work_mode,
+                    mobile: out
+                        .profile
+                        .mobile
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    user_context: Some(user_context(a)),
+                }
+            ))
         })
         .await
     }

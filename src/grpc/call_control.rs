@@ -59,13 +59,23 @@ impl CallControl for CallControlService {
                 timeout_seconds = timeout_seconds(r.timeout_seconds);
                 tags = text("Tags", &r.tags, MAX_TAGS_BYTES);
             }
-            let cmd = app::StartConference { instance_id, user_id, participants, timeout_seconds, tags };
+            let cmd = app::StartConference {
+                instance_id,
+                user_id,
+                participants,
+                timeout_seconds,
+                tags,
+            };
             let out = self.app.start_conference(&ctx, &cmd).await?;
-            Ok(ok_response!(StartConferenceResponse, ctx, proto::start_conference_response::Data {
-                call_context: Some(call_context(&out.call)),
-                user_context: Some(user_context(&out.agent)),
-                context_id: out.context_id,
-            }))
+            Ok(ok_response!(
+                StartConferenceResponse,
+                ctx,
+                proto::start_conference_response::Data {
+                    call_context: Some(call_context(&out.call)),
+                    user_context: Some(user_context(&out.agent)),
+                    context_id: out.context_id,
+                }
+            ))
         })
         .await
     }
@@ -82,13 +92,21 @@ impl CallControl for CallControlService {
                 user_id = acting_user(&r.user_id);
                 job_id = JobId::parse("JobId", &r.job_id);
             }
-            let cmd = app::EndConference { instance_id, user_id, job_id };
+            let cmd = app::EndConference {
+                instance_id,
+                user_id,
+                job_id,
+            };
             let out = self.app.end_conference(&ctx, &cmd).await?;
-            Ok(ok_response!(EndConferenceResponse, ctx, proto::end_conference_response::Data {
-                call_context: Some(call_context(&out.call)),
-                user_context: Some(user_context(&out.agent)),
-                context_id: out.context_id,
-            }))
+            Ok(ok_response!(
+                EndConferenceResponse,
+                ctx,
+                proto::end_conference_response::Data {
+                    call_context: Some(call_context(&out.call)),
+                    user_context: Some(user_context(&out.agent)),
+                    context_id: out.context_id,
+                }
+            ))
         })
         .await
     }
@@ -104,12 +122,22 @@ impl CallControl for CallControlService {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
                 user_id = acting_user(&r.user_id);
             }
-            let out = self.app.poll_user_status(&app::PollUserStatus { instance_id, user_id }).await?;
-            Ok(ok_response!(PollUserStatusResponse, ctx, proto::poll_user_status_response::Data {
-                call_context: out.call.as_ref().map(call_context),
-                user_context: Some(user_context(&out.agent)),
-                context_id: out.context_id,
-            }))
+            let out = self
+                .app
+                .poll_user_status(&app::PollUserStatus {
+                    instance_id,
+                    user_id,
+                })
+                .await?;
+            Ok(ok_response!(
+                PollUserStatusResponse,
+                ctx,
+                proto::poll_user_status_response::Data {
+                    call_context: out.call.as_ref().map(call_context),
+                    user_context: Some(user_context(&out.agent)),
+                    context_id: out.context_id,
+                }
+            ))
         })
         .await
     }
@@ -125,9 +153,17 @@ impl CallControl for CallControlService {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
                 user_id = acting_user(&r.user_id);
             }
-            let cmd = app::ReadyForService { instance_id, user_id, outbound_scenario: r.outbound_scenario };
+            let cmd = app::ReadyForService {
+                instance_id,
+                user_id,
+                outbound_scenario: r.outbound_scenario,
+            };
             let (agent, _context_id) = self.app.ready_for_service(&ctx, &cmd).await?;
-            Ok(ok_response!(ReadyForServiceResponse, ctx, user_context(&agent)))
+            Ok(ok_response!(
+                ReadyForServiceResponse,
+                ctx,
+                user_context(&agent)
+            ))
         })
         .await
     }

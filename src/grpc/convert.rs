@@ -22,7 +22,11 @@ pub fn call_context(call: &Call) -> proto::CallContext {
         job_id: call.job_id.to_string(),
         instance_id: call.instance_id.to_string(),
         call_type: to_proto_enum!(proto::CallType, call.call_type),
-        channel_contexts: call.channels.iter().map(|c| channel_context(call, c)).collect(),
+        channel_contexts: call
+            .channels
+            .iter()
+            .map(|c| channel_context(call, c))
+            .collect(),
     }
 }
 
@@ -30,8 +34,16 @@ fn channel_context(call: &Call, c: &Channel) -> proto::ChannelContext {
     proto::ChannelContext {
         channel_id: c.channel_id.to_string(),
         job_id: call.job_id.to_string(),
-        user_id: c.user_id.as_ref().map(ToString::to_string).unwrap_or_default(),
-        user_extension: c.user_extension.as_ref().map(ToString::to_string).unwrap_or_default(),
+        user_id: c
+            .user_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        user_extension: c
+            .user_extension
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         originator: c.originator.clone(),
         destination: c.destination.clone(),
         channel_state: to_proto_enum!(PbChannelState, c.state),
@@ -53,7 +65,11 @@ pub fn user_context(a: &Agent) -> proto::UserContext {
         work_mode: to_proto_enum!(proto::WorkMode, a.work_mode),
         user_state: to_proto_enum!(proto::UserState, a.user_state),
         break_code: a.break_code.clone(),
-        job_id: a.job_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        job_id: a
+            .job_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         outbound_scenario: a.outbound_scenario,
         signed_skill_group_id_list: a.signed_skill_groups.clone(),
     }
@@ -70,7 +86,10 @@ pub fn work_mode(field: &'static str, raw: i32) -> Result<WorkMode, ParamViolati
 
 /// A ChannelState parameter of ReportChannelEvent: one a media plane can
 /// report (not NONE, not RETIRED).
-pub fn reported_channel_state(field: &'static str, raw: i32) -> Result<ChannelState, ParamViolation> {
+pub fn reported_channel_state(
+    field: &'static str,
+    raw: i32,
+) -> Result<ChannelState, ParamViolation> {
     let state: ChannelState = match PbChannelState::try_from(raw) {
         Ok(PbChannelState::Unspecified) => return Err(ParamViolation::blank(field)),
         Ok(v) => v.as_str_name().parse().map_err(|_| unknown(field, raw))?,
@@ -79,7 +98,9 @@ pub fn reported_channel_state(field: &'static str, raw: i32) -> Result<ChannelSt
     if matches!(state, ChannelState::None | ChannelState::Retired) {
         return Err(ParamViolation::invalid(
             field,
-            format!("{state} cannot be reported; report CREATED, RINGING, EARLY_MEDIA, ANSWERED or RELEASED"),
+            format!(
+                "{state} cannot be reported; report CREATED, RINGING, EARLY_MEDIA, ANSWERED or RELEASED"
+            ),
         ));
     }
     Ok(state)
@@ -117,8 +138,14 @@ mod tests {
 
     #[test]
     fn enum_parameters() {
-        assert_eq!(work_mode("WorkMode", proto::WorkMode::OffSite as i32), Ok(WorkMode::OffSite));
-        assert_eq!(work_mode("WorkMode", 0), Err(ParamViolation::blank("WorkMode")));
+        assert_eq!(
+            work_mode("WorkMode", proto::WorkMode::OffSite as i32),
+            Ok(WorkMode::OffSite)
+        );
+        assert_eq!(
+            work_mode("WorkMode", 0),
+            Err(ParamViolation::blank("WorkMode"))
+        );
         assert!(work_mode("WorkMode", 42).is_err());
         assert!(reported_channel_state("ChannelState", PbChannelState::None as i32).is_err());
         assert!(reported_channel_state("ChannelState", PbChannelState::Retired as i32).is_err());

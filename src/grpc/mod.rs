@@ -16,8 +16,8 @@ use tonic::service::Routes;
 
 use crate::app::App;
 use crate::proto::{
-    admin_server::AdminServer, call_control_server::CallControlServer,
-    telephony_server::TelephonyServer, FILE_DESCRIPTOR_SET,
+    FILE_DESCRIPTOR_SET, admin_server::AdminServer, call_control_server::CallControlServer,
+    telephony_server::TelephonyServer,
 };
 
 pub use request::REQUEST_ID_HEADER;
@@ -43,8 +43,12 @@ pub async fn routes(app: App) -> anyhow::Result<Routes> {
     Ok(Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CallControlServer::new(call_control::CallControlService::new(app.clone())))
-        .add_service(TelephonyServer::new(telephony::TelephonyService::new(app.clone())))
+        .add_service(CallControlServer::new(
+            call_control::CallControlService::new(app.clone()),
+        ))
+        .add_service(TelephonyServer::new(telephony::TelephonyService::new(
+            app.clone(),
+        )))
         .add_service(AdminServer::new(admin::AdminService::new(app))))
 }
 

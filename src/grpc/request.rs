@@ -56,7 +56,14 @@ pub(crate) async fn respond<T>(
         Err(e) => {
             match &e {
                 Error::Internal(cause) | Error::Unavailable(cause) | Error::Contended(cause) => {
-                    tracing::error!(rpc, request_id, elapsed_us, code = e.code(), cause = format!("{cause:#}"), "failed");
+                    tracing::error!(
+                        rpc,
+                        request_id,
+                        elapsed_us,
+                        code = e.code(),
+                        cause = format!("{cause:#}"),
+                        "failed"
+                    );
                 }
                 _ => tracing::info!(rpc, request_id, elapsed_us, code = e.code(), "rejected"),
             }
@@ -98,16 +105,27 @@ macro_rules! ok_response {
 pub(crate) use ok_response;
 
 /// A free-text parameter: at most `max` bytes.
-pub(crate) fn text(field: &'static str, raw: &str, max: usize) -> Result<String, crate::error::ParamViolation> {
+pub(crate) fn text(
+    field: &'static str,
+    raw: &str,
+    max: usize,
+) -> Result<String, crate::error::ParamViolation> {
     if raw.len() > max {
-        Err(crate::error::ParamViolation::invalid(field, format!("It must be at most {max} bytes")))
+        Err(crate::error::ParamViolation::invalid(
+            field,
+            format!("It must be at most {max} bytes"),
+        ))
     } else {
         Ok(raw.to_owned())
     }
 }
 
 /// A required free-text parameter: not blank, at most `max` bytes.
-pub(crate) fn required_text(field: &'static str, raw: &str, max: usize) -> Result<String, crate::error::ParamViolation> {
+pub(crate) fn required_text(
+    field: &'static str,
+    raw: &str,
+    max: usize,
+) -> Result<String, crate::error::ParamViolation> {
     if raw.trim().is_empty() {
         Err(crate::error::ParamViolation::blank(field))
     } else {
@@ -120,5 +138,9 @@ pub(crate) fn optional<T>(
     raw: &str,
     parse: impl FnOnce(&str) -> Result<T, crate::error::ParamViolation>,
 ) -> Result<Option<T>, crate::error::ParamViolation> {
-    if raw.is_empty() { Ok(None) } else { parse(raw).map(Some) }
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        parse(raw).map(Some)
+    }
 }

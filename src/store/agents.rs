@@ -5,8 +5,8 @@ use crate::domain::Agent;
 use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
-use super::rows::{decode, AgentRow};
-use super::{db_error, Tx};
+use super::rows::{AgentRow, decode};
+use super::{Tx, db_error};
 
 /// The agents an action found, locked until the transaction ends.
 #[derive(Debug)]

@@ -6,8 +6,8 @@ use crate::domain::states::ChannelState;
 use crate::domain::{Agent, Call};
 use crate::error::Error;
 
-use super::rows::{decode, AgentRow, CallRow, ChannelRow};
-use super::{db_error, Tx};
+use super::rows::{AgentRow, CallRow, ChannelRow, decode};
+use super::{Tx, db_error};
 
 /// Everything a call action decides on, as of one snapshot, with the call
 /// and agent rows locked until the transaction ends.

@@ -8,7 +8,7 @@ use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Changes, Channel};
 use crate::error::Error;
 
-use super::{db_error, Tx};
+use super::{Tx, db_error};
 
 /// The event row an action appends: who did what, and the changed state
 /// before and after.

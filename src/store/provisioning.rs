@@ -5,7 +5,7 @@ use crate::domain::ids::{Extension, InstanceId, LoginName, Millis, PhoneNumber};
 use crate::error::Error;
 
 use super::changes::Event;
-use super::{db_error, unique_violation, Store, Tx};
+use super::{Store, Tx, db_error, unique_violation};
 
 /// An instance as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

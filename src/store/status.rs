@@ -5,8 +5,8 @@ use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Call};
 use crate::error::Error;
 
-use super::rows::{decode, AgentRow, CallRow, ChannelRow};
-use super::{db_error, Store};
+use super::rows::{AgentRow, CallRow, ChannelRow, decode};
+use super::{Store, db_error};
 
 #[derive(Debug)]
 pub struct UserStatus {
@@ -33,7 +33,11 @@ SELECT
      FROM channels ch JOIN c USING (instance_id, job_id)) AS channels
 "#;
 
-pub async fn poll(store: &Store, instance: &InstanceId, user: &UserId) -> Result<UserStatus, Error> {
+pub async fn poll(
+    store: &Store,
+    instance: &InstanceId,
+    user: &UserId,
+) -> Result<UserStatus, Error> {
     let (instance_exists, agent, call, channels): (
         bool,
         Option<serde_json::Value>,

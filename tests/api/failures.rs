@@ -1,0 +1,73 @@
+//! When the database fails: the client gets an opaque, correctly coded
+//! error, nothing half-done is stored, and the event log stays append-only.
+
+use sqlx::PgPool;
+use tonic::Code;
+
+use crate::helpers::*;
+
+#[sqlx::test]
+async fn a_broken_database_is_an_opaque_internal_error_and_changes_nothing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let agents = app.ready_agents(&["alice", "bob"]).await;
+    let alice = &agents[0].0;
+    let conf = app.answered_conference(alice, &["8002", CUSTOMER]).await;
+    // Sabotage: the event log can no longer be written.
+    sqlx::query("ALTER TABLE events RENAME TO events_gone")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let err = app.end(alice, &conf.job_id).await.unwrap_err();
+
+    assert_error(&err, Code::Internal, "InternalError", 500);
+    assert_eq!(
+        err.message(),
+        "The request processing has failed due to some unknown error."
+    );
+    assert!(
+        !format!("{err:?}").contains("events"),
+        "no SQL detail leaks: {err:?}"
+    );
+    sqlx::query("ALTER TABLE events_gone RENAME TO events")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.stored_agent(alice).await.0,
+        "TALKING",
+        "the failed action left no trace"
+    );
+    assert!(
+        app.stored_channels(&conf.job_id)
+            .await
+            .iter()
+            .all(|c| c.1 == "ANSWERED")
+    );
+}
+
+#[sqlx::test]
+async fn an_unreachable_database_is_retryable_unavailable(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    app.pool.close().await;
+
+    let err = app.ready(&agents[0].0).await.unwrap_err();
+
+    assert_error(&err, Code::Unavailable, "ServiceUnavailable", 503);
+}
+
+#[sqlx::test]
+async fn events_are_append_only(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.ready_agents(&["alice"]).await;
+
+    let update = sqlx::query("UPDATE events SET actor = 'mallory'")
+        .execute(&app.pool)
+        .await;
+    let delete = sqlx::query("DELETE FROM events").execute(&app.pool).await;
+
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+    assert!(app.event_count().await > 0);
+}

@@ -1,0 +1,342 @@
+//! The test harness: the real server on an ephemeral port over the test's
+//! own freshly migrated database, real tonic clients, and builders for the
+//! usual set-up (an instance, agents, a conference).
+
+use std::collections::HashMap;
+
+use ccc_callcontrol::proto::{
+    self, admin_client::AdminClient, call_control_client::CallControlClient,
+    channel_context::ChannelState, telephony_client::TelephonyClient,
+};
+use ccc_callcontrol::startup::Application;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub const INSTANCE: &str = "ccc-test";
+pub const CUSTOMER: &str = "13900001234";
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub calls: CallControlClient<Channel>,
+    pub telephony: TelephonyClient<Channel>,
+    pub admin: AdminClient<Channel>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts the application on 127.0.0.1:0 over `pool` and connects clients.
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    let app = Application::bind("127.0.0.1:0".parse().unwrap(), pool.clone())
+        .await
+        .expect("bind");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    TestApp {
+        pool,
+        calls: CallControlClient::new(channel.clone()),
+        telephony: TelephonyClient::new(channel.clone()),
+        admin: AdminClient::new(channel),
+        _stop: stop,
+    }
+}
+
+/// A conference as StartConference returned it.
+#[derive(Debug, Clone)]
+pub struct Conference {
+    pub job_id: String,
+    pub channels: Vec<proto::ChannelContext>,
+}
+
+impl Conference {
+    /// The channel that reaches `destination` (an extension or a number).
+    pub fn channel_to(&self, destination: &str) -> String {
+        self.channels
+            .iter()
+            .find(|c| c.destination == destination)
+            .unwrap_or_else(|| panic!("no channel to {destination}"))
+            .channel_id
+            .clone()
+    }
+}
+
+impl TestApp {
+    pub async fn create_instance(&self, id: &str) {
+        self.admin
+            .clone()
+            .create_instance(proto::CreateInstanceRequest {
+                instance_id: id.into(),
+                name: format!("{id} instance"),
+                description: String::new(),
+            })
+            .await
+            .expect("CreateInstance");
+    }
+
+    /// Creates agent `login` in `instance`; returns its UserId and extension.
+    pub async fn create_agent(&self, instance: &str, login: &str) -> (String, String) {
+        let user = self
+            .admin
+            .clone()
+            .create_user(proto::CreateUserRequest {
+                instance_id: instance.into(),
+                login_name: login.into(),
+                display_name: login.to_uppercase(),
+                work_mode: proto::WorkMode::OnSite as i32,
+                mobile: String::new(),
+                extension: String::new(),
+            })
+            .await
+            .expect("CreateUser")
+            .into_inner()
+            .data
+            .unwrap();
+        (user.user_id, user.extension)
+    }
+
+    /// An instance with READY agents `logins`; returns (UserId, extension)s.
+    pub async fn ready_agents(&self, logins: &[&str]) -> Vec<(String, String)> {
+        self.create_instance(INSTANCE).await;
+        let mut agents = Vec::new();
+        for login in logins {
+            let agent = self.create_agent(INSTANCE, login).await;
+            self.ready(&agent.0).await.expect("ReadyForService");
+            agents.push(agent);
+        }
+        agents
+    }
+
+    pub async fn ready(&self, user: &str) -> Result<proto::UserContext, Status> {
+        let r = self
+            .calls
+            .clone()
+            .ready_for_service(proto::ReadyForServiceRequest {
+                instance_id: INSTANCE.into(),
+                user_id: user.into(),
+                outbound_scenario: false,
+            })
+            .await?;
+        Ok(r.into_inner().data.unwrap())
+    }
+
+    pub async fn start(
+        &self,
+        user: &str,
+        participants: &[&str],
+    ) -> Result<proto::start_conference_response::Data, Status> {
+        let r = self
+            .calls
+            .clone()
+            .start_conference(proto::StartConferenceRequest {
+                instance_id: INSTANCE.into(),
+                user_id: user.into(),
+                participant_list_json: serde_json::to_string(participants).unwrap(),
+                timeout_seconds: None,
+                tags: String::new(),
+            })
+            .await?;
+        Ok(r.into_inner().data.unwrap())
+    }
+
+    /// Starts a conference by `user` with `participants`, every channel
+    /// answered.
+    pub async fn answered_conference(&self, user: &str, participants: &[&str]) -> Conference {
+        let data = self
+            .start(user, participants)
+            .await
+            .expect("StartConference");
+        let call = data.call_context.unwrap();
+        let conference = Conference {
+            job_id: call.job_id.clone(),
+            channels: call.channel_contexts,
+        };
+        for p in participants {
+            self.report(
+                &conference.job_id,
+                &conference.channel_to(p),
+                ChannelState::Answered,
+            )
+            .await
+            .expect("ReportChannelEvent ANSWERED");
+        }
+        conference
+    }
+
+    pub async fn report(
+        &self,
+        job: &str,
+        channel: &str,
+        state: ChannelState,
+    ) -> Result<proto::report_channel_event_response::Data, Status> {
+        self.report_release(job, channel, state, "", "").await
+    }
+
+    pub async fn report_release(
+        &self,
+        job: &str,
+        channel: &str,
+        state: ChannelState,
+        initiator: &str,
+        reason: &str,
+    ) -> Result<proto::report_channel_event_response::Data, Status> {
+        let r = self
+            .telephony
+            .clone()
+            .report_channel_event(proto::ReportChannelEventRequest {
+                instance_id: INSTANCE.into(),
+                job_id: job.into(),
+                channel_id: channel.into(),
+                channel_state: state as i32,
+                release_initiator: initiator.into(),
+                release_reason: reason.into(),
+            })
+            .await?;
+        Ok(r.into_inner().data.unwrap())
+    }
+
+    pub async fn end(
+        &self,
+        user: &str,
+        job: &str,
+    ) -> Result<proto::end_conference_response::Data, Status> {
+        self.end_in(INSTANCE, user, job).await
+    }
+
+    pub async fn end_in(
+        &self,
+        instance: &str,
+        user: &str,
+        job: &str,
+    ) -> Result<proto::end_conference_response::Data, Status> {
+        let r = self
+            .calls
+            .clone()
+            .end_conference(proto::EndConferenceRequest {
+                instance_id: instance.into(),
+                user_id: user.into(),
+                job_id: job.into(),
+            })
+            .await?;
+        let r = r.into_inner();
+        assert_eq!((r.code.as_str(), r.http_status_code), ("OK", 200));
+        assert!(!r.request_id.is_empty());
+        Ok(r.data.unwrap())
+    }
+
+    pub async fn poll(&self, user: &str) -> proto::poll_user_status_response::Data {
+        self.calls
+            .clone()
+            .poll_user_status(proto::PollUserStatusRequest {
+                instance_id: INSTANCE.into(),
+                user_id: user.into(),
+            })
+            .await
+            .expect("PollUserStatus")
+            .into_inner()
+            .data
+            .unwrap()
+    }
+
+    /// Rows of the event table for `job`, as (action, actor).
+    pub async fn events_of(&self, job: &str) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT action, actor FROM events WHERE instance_id = $1 AND job_id = $2 ORDER BY event_id",
+        )
+        .bind(INSTANCE)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Stored channel rows of `job`: (destination, state, initiator, reason).
+    pub async fn stored_channels(&self, job: &str) -> Vec<(String, String, String, String)> {
+        sqlx::query_as(
+            "SELECT destination, channel_state, release_initiator, release_reason
+             FROM channels WHERE instance_id = $1 AND job_id = $2 ORDER BY idx",
+        )
+        .bind(INSTANCE)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Stored (user_state, job_id) of an agent.
+    pub async fn stored_agent(&self, user: &str) -> (String, Option<String>) {
+        sqlx::query_as(
+            "SELECT user_state, job_id FROM agents WHERE instance_id = $1 AND user_id = $2",
+        )
+        .bind(INSTANCE)
+        .bind(user)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn call_ended_at(&self, job: &str) -> Option<i64> {
+        sqlx::query_scalar("SELECT ended_at FROM calls WHERE instance_id = $1 AND job_id = $2")
+            .bind(INSTANCE)
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts that `status` is the documented error: gRPC code, contact-center
+/// code in ErrorInfo, HttpStatusCode and a RequestId in its metadata.
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str, http: u16) {
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "ccc.v20200701");
+    let metadata: &HashMap<String, String> = &info.metadata;
+    assert_eq!(
+        metadata.get("HttpStatusCode").map(String::as_str),
+        Some(http.to_string().as_str())
+    );
+    assert!(metadata.get("RequestId").is_some_and(|id| !id.is_empty()));
+}
+
+/// The BadRequest field violations of `status`, as (field, description).
+pub fn violations(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn state_of(channels: &[proto::ChannelContext], destination: &str) -> ChannelState {
+    channels
+        .iter()
+        .find(|c| c.destination == destination)
+        .unwrap_or_else(|| panic!("no channel to {destination}"))
+        .channel_state()
+}

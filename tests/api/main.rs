@@ -1,0 +1,15 @@
+//! Integration tests: every test gets its own freshly migrated PostgreSQL
+//! database (`#[sqlx::test]`, which needs `DATABASE_URL` pointing at the
+//! server; `scripts/test` sets it) and the real gRPC server on an ephemeral
+//! port, reached through real tonic clients.
+
+mod helpers;
+
+mod admin;
+mod concurrency;
+mod contract_json;
+mod end_conference;
+mod failures;
+mod poll_and_ready;
+mod report_channel_event;
+mod start_conference;
