@@ -6,7 +6,7 @@
 //! - [`domain`]: the rules, pure Rust (no I/O);
 //! - [`store`]: PostgreSQL only: one query to load what an action needs,
 //!   one statement to write what it decided;
-//! - [`app`]: one module per action: transaction → load → decide → persist;
+//! - [`app`]: the actions, each transaction → load → decide → persist;
 //! - [`grpc`]: translation between proto and domain, and the one place that
 //!   maps [`error::Error`] to a gRPC status;
 //! - [`startup`], [`config`], [`telemetry`]: wiring; `main.rs` only calls

@@ -1,4 +1,4 @@
-//! The actions, one module each, all the same shape: open a transaction,
+//! The actions, grouped by what they touch, all the same shape: open a transaction,
 //! load and lock what the decision needs (one statement), let the domain
 //! decide, write the outcome (one statement), commit. Lost races are retried
 //! here, whole, from a fresh snapshot.
