@@ -4,9 +4,11 @@ use crate::domain::conference::{self, NewCall};
 use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
 use crate::error::Error;
-use crate::store::{self, agents, calls, changes};
+use crate::store::agents::{self, LoadedAgents};
+use crate::store::calls::{self, LoadedCall};
+use crate::store::{self, Tx};
 
-use super::{App, Before, CallAndAgent, RequestContext, change_event, now, retrying};
+use super::{App, Before, CallAndAgent, RequestContext, change_event, now, persist, retrying};
 
 #[derive(Debug, Clone)]
 pub struct StartConference {
@@ -62,11 +64,9 @@ impl App {
             .iter()
             .filter_map(|p| Extension::recognize(p))
             .collect();
-        let mut tx = self.store.begin_action().await?;
-        let loaded = agents::load(&mut tx, &cmd.instance_id, &cmd.user_id, &extensions).await?;
-        if !loaded.instance_exists {
-            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
-        }
+        let (tx, loaded) = self
+            .open_agents(&cmd.instance_id, &cmd.user_id, &extensions)
+            .await?;
         let initiator = loaded
             .agent(&cmd.user_id)
             .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
@@ -79,8 +79,7 @@ impl App {
         };
         let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
         let event = change_event(ctx, "StartConference", None, &changes);
-        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
-        store::commit(tx).await?;
+        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
         let agent = changes.agent_after(initiator).clone();
         let call = changes.call.expect("a started conference is a call");
         Ok(CallAndAgent {
@@ -103,12 +102,9 @@ impl App {
         ctx: &RequestContext,
         cmd: &EndConference,
     ) -> Result<CallAndAgent, Error> {
-        let mut tx = self.store.begin_action().await?;
-        let loaded =
-            calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, Some(&cmd.user_id)).await?;
-        if !loaded.instance_exists {
-            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
-        }
+        let (tx, loaded) = self
+            .open_call(&cmd.instance_id, &cmd.job_id, Some(&cmd.user_id))
+            .await?;
         let leaver = loaded
             .agent(&cmd.user_id)
             .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
@@ -135,8 +131,7 @@ impl App {
             }),
             &changes,
         );
-        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
-        store::commit(tx).await?;
+        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
         let agent = changes.agent_after(leaver).clone();
         let call = changes.call.expect("leaving changes the call");
         Ok(CallAndAgent {
@@ -162,11 +157,7 @@ impl App {
         ctx: &RequestContext,
         cmd: &ReportChannelEvent,
     ) -> Result<ReportedCall, Error> {
-        let mut tx = self.store.begin_action().await?;
-        let loaded = calls::load(&mut tx, &cmd.instance_id, &cmd.job_id, None).await?;
-        if !loaded.instance_exists {
-            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
-        }
+        let (tx, loaded) = self.open_call(&cmd.instance_id, &cmd.job_id, None).await?;
         let call = loaded
             .call
             .as_ref()
@@ -199,10 +190,43 @@ impl App {
             }),
             &changes,
         );
-        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
-        store::commit(tx).await?;
+        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
         let call = changes.call.expect("a channel event changes the call");
         Ok(ReportedCall { call, context_id })
+    }
+}
+
+impl App {
+    /// Opens a call action's transaction and loads (locking) the call, its
+    /// channels and agents, and `actor`; fails if the instance is unknown.
+    async fn open_call(
+        &self,
+        instance: &InstanceId,
+        job: &JobId,
+        actor: Option<&UserId>,
+    ) -> Result<(Tx, LoadedCall), Error> {
+        let mut tx = self.store.begin_action().await?;
+        let loaded = calls::load(&mut tx, instance, job, actor).await?;
+        if !loaded.instance_exists {
+            return Err(Error::InstanceNotFound(instance.to_string()));
+        }
+        Ok((tx, loaded))
+    }
+
+    /// Opens an agent action's transaction and loads (locking) `user` and
+    /// the agents with `extensions`; fails if the instance is unknown.
+    pub(super) async fn open_agents(
+        &self,
+        instance: &InstanceId,
+        user: &UserId,
+        extensions: &[Extension],
+    ) -> Result<(Tx, LoadedAgents), Error> {
+        let mut tx = self.store.begin_action().await?;
+        let loaded = agents::load(&mut tx, instance, user, extensions).await?;
+        if !loaded.instance_exists {
+            return Err(Error::InstanceNotFound(instance.to_string()));
+        }
+        Ok((tx, loaded))
     }
 }
 

@@ -16,11 +16,11 @@ pub use conference::{EndConference, ReportChannelEvent, StartConference};
 pub use provisioning::{CreateInstance, CreateUser};
 pub use status::{PollUserStatus, ReadyForService};
 
-use crate::domain::ids::Millis;
+use crate::domain::ids::{InstanceId, Millis};
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
-use crate::store::Store;
 use crate::store::changes::Event;
+use crate::store::{Store, Tx};
 
 /// How often an action that lost a race is tried in all.
 const ATTEMPTS: u32 = 8;
@@ -82,6 +82,19 @@ where
             other => return other,
         }
     }
+}
+
+/// Writes an action's decision and its event, then commits; returns the
+/// event's ID, the new ContextId.
+async fn persist(
+    mut tx: Tx,
+    instance: &InstanceId,
+    event: &Event<'_>,
+    changes: &Changes,
+) -> Result<i64, Error> {
+    let context_id = crate::store::changes::apply(&mut tx, instance, event, changes).await?;
+    crate::store::commit(tx).await?;
+    Ok(context_id)
 }
 
 /// The state an action found, for its event's `before`.

@@ -3,10 +3,10 @@
 use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
-use crate::store::{self, agents, changes, status};
+use crate::store::{self, status};
 
 use super::conference::user_not_found;
-use super::{App, Before, RequestContext, change_event, retrying};
+use super::{App, Before, RequestContext, change_event, persist, retrying};
 
 #[derive(Debug, Clone)]
 pub struct PollUserStatus {
@@ -59,11 +59,9 @@ impl App {
         ctx: &RequestContext,
         cmd: &ReadyForService,
     ) -> Result<(Agent, i64), Error> {
-        let mut tx = self.store.begin_action().await?;
-        let loaded = agents::load(&mut tx, &cmd.instance_id, &cmd.user_id, &[]).await?;
-        if !loaded.instance_exists {
-            return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
-        }
+        let (tx, loaded) = self
+            .open_agents(&cmd.instance_id, &cmd.user_id, &[])
+            .await?;
         let agent = loaded
             .agent(&cmd.user_id)
             .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
@@ -78,8 +76,7 @@ impl App {
             agents: std::slice::from_ref(agent),
         };
         let event = change_event(ctx, "ReadyForService", Some(before), &changes);
-        let context_id = changes::apply(&mut tx, &cmd.instance_id, &event, &changes).await?;
-        store::commit(tx).await?;
+        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
         let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
         Ok((ready, context_id))
     }
