@@ -1,6 +1,7 @@
 //! Command line and environment: every setting with its doc and default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -30,6 +31,59 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create the database if missing and apply migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Manage access tokens directly in the database (bootstrap, rescue).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once. Examples:
+    /// `token create --role admin` (an operator: every instance);
+    /// `token create --role admin --instance ccc-test`;
+    /// `token create --role agent --instance ccc-test --user alice@ccc-test`;
+    /// `token create --role telephony --instance ccc-test`.
+    Create(TokenCreateArgs),
+    /// Revoke a token by its ID (`tok-…`); it stops working at once here
+    /// and within the token cache TTL on running replicas.
+    Revoke {
+        token_id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List tokens (never their secrets), optionally of one instance.
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Agent,
+    Telephony,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// What the token may do.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// The instance the token is for. Required for agent and telephony
+    /// tokens; an admin token without one is an operator's.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// The agent (`login@instance`) of an agent token.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Lifetime in seconds; by default the token never expires.
+    #[arg(long)]
+    pub expires_in: Option<i64>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,6 +126,34 @@ pub struct ServeArgs {
     #[arg(long, env = "CCC_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Serve TLS with this certificate chain (PEM). Without it the service
+    /// speaks plaintext, which it logs at start.
+    #[arg(long, env = "CCC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CCC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS, as
+    /// service meshes expect.
+    #[arg(long, env = "CCC_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Do not serve gRPC reflection (on by default; it needs no token).
+    #[arg(long, env = "CCC_DISABLE_REFLECTION")]
+    pub disable_reflection: bool,
+
+    /// Do not serve grpc.health.v1 (on by default; it needs no token).
+    #[arg(long, env = "CCC_DISABLE_HEALTH")]
+    pub disable_health: bool,
+
+    /// How long a replica remembers an access-token lookup, in
+    /// milliseconds (0: look up every request). A token revoked elsewhere
+    /// keeps working here for at most this long.
+    #[arg(long, env = "CCC_TOKEN_CACHE_MS", default_value_t = 2000)]
+    pub token_cache_ms: u64,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -94,5 +176,26 @@ mod tests {
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(args.database.max_connections, 16);
+        assert!(args.tls_cert.is_none() && !args.disable_reflection);
+        assert_eq!(args.token_cache_ms, 2000);
+    }
+
+    #[test]
+    fn tls_needs_both_halves() {
+        assert!(Cli::try_parse_from(["ccc-callcontrol", "serve", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ccc-callcontrol", "serve", "--tls-client-ca", "ca.pem"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "ccc-callcontrol",
+                "serve",
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k"
+            ])
+            .is_ok()
+        );
     }
 }

@@ -46,6 +46,15 @@ pub enum Error {
     #[error("{}", parameter_message(.0))]
     Parameters(Vec<ParamViolation>),
 
+    /// No usable access token: missing, malformed, unknown, revoked or
+    /// expired. Deliberately says not which.
+    #[error("The access token is missing, malformed, unknown, revoked or expired.")]
+    Unauthenticated,
+
+    /// The token does not allow this action, here, for this agent.
+    #[error("You have no permission to access. {0}")]
+    PermissionDenied(String),
+
     #[error("The specified instance {0} does not exist.")]
     InstanceNotFound(String),
 
@@ -60,6 +69,12 @@ pub enum Error {
 
     #[error("The specified channel {channel_id} does not exist in call {job_id}.")]
     ChannelNotFound { channel_id: String, job_id: String },
+
+    #[error("The access token {token_id} does not exist in instance {instance_id}.")]
+    TokenNotFound {
+        token_id: String,
+        instance_id: String,
+    },
 
     #[error("The operation is not allowed. The call {0} is not a conference.")]
     NotAConference(String),
@@ -132,10 +147,13 @@ impl Error {
                 Some(Violation::Invalid(_)) => "Parameter.Invalid",
                 _ => "Parameter.Blank",
             },
+            Self::Unauthenticated => "InvalidAccessToken",
+            Self::PermissionDenied(_) => "Permission.Common",
             Self::InstanceNotFound(_) => "NotExists.InstanceId",
             Self::UserNotFound { .. } => "NotExists.UserId",
             Self::CallNotFound(_) => "NotExists.JobId",
             Self::ChannelNotFound { .. } => "NotExists.ChannelId",
+            Self::TokenNotFound { .. } => "NotExists.TokenId",
             Self::NotAConference(_) | Self::NotInConference { .. } => {
                 "InvalidOperation.NotInConference"
             }
@@ -159,10 +177,13 @@ impl Error {
             | Self::UserState { .. }
             | Self::ChannelState { .. }
             | Self::UserBusy(_) => 400,
+            Self::Unauthenticated => 401,
+            Self::PermissionDenied(_) => 403,
             Self::InstanceNotFound(_)
             | Self::UserNotFound { .. }
             | Self::CallNotFound(_)
-            | Self::ChannelNotFound { .. } => 404,
+            | Self::ChannelNotFound { .. }
+            | Self::TokenNotFound { .. } => 404,
             Self::DuplicatedInstance(_)
             | Self::DuplicatedLoginName { .. }
             | Self::DuplicatedExtension { .. } => 409,

@@ -9,10 +9,11 @@
 //! - [`app`]: the actions, each transaction → load → decide → persist;
 //! - [`grpc`]: translation between proto and domain, and the one place that
 //!   maps [`error::Error`] to a gRPC status;
-//! - [`startup`], [`config`], [`telemetry`]: wiring; `main.rs` only calls
-//!   them.
+//! - [`startup`], [`config`], [`telemetry`]: wiring; [`cli`]: the `token`
+//!   subcommands; `main.rs` only calls them.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,10 +1,13 @@
-//! `ccc-callcontrol serve | migrate`: parses the command line and hands over
-//! to `startup`.
+//! `ccc-callcontrol serve | migrate | token …`: parses the command line and
+//! hands over to `startup` (serving) or `cli` (token management).
+
+use std::time::Duration;
 
 use clap::Parser;
 
+use ccc_callcontrol::cli;
 use ccc_callcontrol::config::{Cli, Command};
-use ccc_callcontrol::startup::{Application, prepare_database};
+use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem, prepare_database};
 use ccc_callcontrol::telemetry;
 
 #[tokio::main]
@@ -16,10 +19,32 @@ async fn main() -> anyhow::Result<()> {
             prepare_database(&db).await?;
             tracing::info!("migrations applied");
         }
+        Command::Token(command) => cli::token(command).await?,
         Command::Serve(args) => {
+            let tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(TlsPem::read(cert, key, args.tls_client_ca.as_deref())?)
+                }
+                _ => None,
+            };
+            let transport = match &tls {
+                None => {
+                    "plaintext: anyone on the network can read tokens; use TLS beyond localhost"
+                }
+                Some(TlsPem {
+                    client_ca: None, ..
+                }) => "TLS",
+                Some(_) => "mutual TLS (client certificates required)",
+            };
+            let options = ServeOptions {
+                tls,
+                reflection: !args.disable_reflection,
+                health: !args.disable_health,
+                token_cache_ttl: Duration::from_millis(args.token_cache_ms),
+            };
             let pool = prepare_database(&args.database).await?;
-            let app = Application::bind(args.listen, pool).await?;
-            tracing::info!(address = %app.local_addr(), "serving gRPC (plaintext)");
+            let app = Application::bind(args.listen, pool, options).await?;
+            tracing::info!(address = %app.local_addr(), transport, "serving gRPC");
             app.run_until(shutdown_signal()).await?;
             tracing::info!("stopped");
         }

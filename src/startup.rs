@@ -4,7 +4,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
@@ -12,8 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::app::App;
+use crate::app::{App, TokenCache};
 use crate::config::DatabaseArgs;
 use crate::store::Store;
 
@@ -54,22 +57,87 @@ pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// TLS material, as PEM.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert_chain: Vec<u8>,
+    pub key: Vec<u8>,
+    /// With it, clients must present a certificate signed by this CA.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl TlsPem {
+    /// Reads the files named by `serve`'s TLS options.
+    pub fn read(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Self> {
+        let read =
+            |p: &Path| std::fs::read(p).with_context(|| format!("Failed to read {}", p.display()));
+        Ok(Self {
+            cert_chain: read(cert)?,
+            key: read(key)?,
+            client_ca: client_ca.map(read).transpose()?,
+        })
+    }
+
+    fn server_config(&self) -> ServerTlsConfig {
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_chain, &self.key));
+        match &self.client_ca {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// How to serve, beyond where.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// `None`: plaintext.
+    pub tls: Option<TlsPem>,
+    pub reflection: bool,
+    pub health: bool,
+    /// How long a token lookup is remembered (zero: not at all).
+    pub token_cache_ttl: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            reflection: true,
+            health: true,
+            token_cache_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
     app: App,
+    options: ServeOptions,
 }
 
 impl Application {
     /// Binds `listen` (port 0 picks a free port) over an existing pool.
-    pub async fn bind(listen: SocketAddr, pool: PgPool) -> anyhow::Result<Self> {
+    pub async fn bind(
+        listen: SocketAddr,
+        pool: PgPool,
+        options: ServeOptions,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("Failed to listen on {listen}"))?;
+        let app = App::new(Store::new(pool), TokenCache::new(options.token_cache_ttl));
         Ok(Self {
             listener,
-            app: App::new(Store::new(pool)),
+            app,
+            options,
         })
+    }
+
+    /// The actions, for the command line.
+    pub fn app(&self) -> &App {
+        &self.app
     }
 
     /// The address actually bound.
@@ -82,8 +150,15 @@ impl Application {
     /// Serves until `shutdown` completes, then lets in-flight requests
     /// finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let routes = crate::grpc::routes(self.app).await?;
-        tonic::transport::Server::builder()
+        let options = &self.options;
+        let routes = crate::grpc::routes(self.app, options.reflection, options.health).await?;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &options.tls {
+            server = server
+                .tls_config(tls.server_config())
+                .context("Invalid TLS configuration")?;
+        }
+        server
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await

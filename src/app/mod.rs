@@ -3,6 +3,7 @@
 //! decide, write the outcome (one statement), commit. Lost races are retried
 //! here, whole, from a fresh snapshot.
 
+mod access;
 mod conference;
 mod provisioning;
 mod status;
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+pub use access::{CreateAccessToken, CreatedToken, TokenCache};
 pub use conference::{EndConference, ReportChannelEvent, StartConference};
 pub use provisioning::{CreateInstance, CreateUser};
 pub use status::{PollUserStatus, ReadyForService};
@@ -29,6 +31,7 @@ const ATTEMPTS: u32 = 8;
 #[derive(Clone, Debug)]
 pub struct App {
     store: Store,
+    tokens: TokenCache,
 }
 
 /// Who asked, and under which request ID: recorded with every change.
@@ -47,8 +50,8 @@ pub struct CallAndAgent {
 }
 
 impl App {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, tokens: TokenCache) -> Self {
+        Self { store, tokens }
     }
 
     pub fn store(&self) -> &Store {

@@ -7,12 +7,16 @@
 //! - [`agent`]: an agent's state machine;
 //! - [`call`]: a call, its channels, and the two-party rule;
 //! - [`conference`]: StartConference, EndConference and ReportChannelEvent
-//!   as decisions over loaded state.
+//!   as decisions over loaded state;
+//! - [`access`]: tokens, callers, and who may act where and for whom;
+//! - [`privacy`]: how personal data appears in logs.
 
+pub mod access;
 pub mod agent;
 pub mod call;
 pub mod conference;
 pub mod ids;
+pub mod privacy;
 pub mod states;
 
 pub use agent::Agent;

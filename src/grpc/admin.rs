@@ -1,17 +1,21 @@
-//! The Admin service: CreateInstance and CreateUser.
+//! The Admin service: CreateInstance, CreateUser, CreateAccessToken and
+//! RevokeAccessToken.
 
 use tonic::{Request, Response, Status};
 
 use crate::app::{self, App};
+use crate::domain::access::{self, Action, Role, authorize};
 use crate::domain::agent::check_mobile;
-use crate::domain::ids::{Extension, InstanceId, LoginName, PhoneNumber};
+use crate::domain::ids::{Extension, InstanceId, LoginName, PhoneNumber, UserId};
+use crate::error::ParamViolation;
 use crate::proto::{self, admin_server::Admin};
+use crate::store::tokens::TokenRecord;
 
 use super::convert::{user_context, work_mode};
-use super::request::{context, ok_response, optional, parse_params, required_text, respond, text};
-
-/// The actor recorded in events for provisioning.
-const ACTOR: &str = "admin";
+use super::request::{
+    acting, authenticate, ok_response, optional, parse_params, request_id, required_text, respond,
+    text,
+};
 
 pub struct AdminService {
     app: App,
@@ -23,29 +27,101 @@ impl AdminService {
     }
 }
 
+/// The Role parameter of CreateAccessToken.
+fn role(raw: i32) -> Result<Role, ParamViolation> {
+    match proto::AccessRole::try_from(raw) {
+        Ok(proto::AccessRole::Unspecified) => Err(ParamViolation::blank("Role")),
+        Ok(r) => Role::parse(r.as_str_name()).ok_or_else(|| {
+            ParamViolation::invalid("Role", format!("{raw} is not one of its values"))
+        }),
+        Err(_) => Err(ParamViolation::invalid(
+            "Role",
+            format!("{raw} is not one of its values"),
+        )),
+    }
+}
+
+/// The UserId of CreateAccessToken: required for an AGENT token, absent
+/// otherwise.
+fn token_user(
+    raw: &str,
+    role: Result<Role, &ParamViolation>,
+) -> Result<Option<UserId>, ParamViolation> {
+    let user = optional(raw, |s| UserId::parse("UserId", s))?;
+    match (role, &user) {
+        (Ok(Role::Agent), None) => Err(ParamViolation::blank("UserId")),
+        (Ok(r), Some(_)) if r != Role::Agent => Err(ParamViolation::invalid(
+            "UserId",
+            format!("It may only be given for an AGENT token, not {r}"),
+        )),
+        _ => Ok(user),
+    }
+}
+
+fn token_id(raw: &str) -> Result<String, ParamViolation> {
+    let digits = raw.strip_prefix("tok-").unwrap_or_default();
+    if raw.trim().is_empty() {
+        Err(ParamViolation::blank("TokenId"))
+    } else if digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ParamViolation::invalid(
+            "TokenId",
+            "It must be 'tok-' followed by 16 hex digits",
+        ))
+    }
+}
+
+fn pb_role(role: Role) -> i32 {
+    proto::AccessRole::from_str_name(role.as_str()).map_or(0, |r| r as i32)
+}
+
+pub fn token_info(t: &TokenRecord) -> proto::AccessTokenInfo {
+    proto::AccessTokenInfo {
+        token_id: t.token_id.clone(),
+        role: pb_role(t.role),
+        instance_id: t
+            .instance_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        user_id: t
+            .user_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        expires_at: t.expires_at.unwrap_or(0),
+        revoked_at: t.revoked_at.unwrap_or(0),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_instance(
         &self,
         request: Request<proto::CreateInstanceRequest>,
     ) -> Result<Response<proto::CreateInstanceResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), ACTOR);
-        respond("CreateInstance", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("CreateInstance", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
                 name = required_text("Name", &r.name, 128);
                 description = text("Description", &r.description, 1024);
             }
+            authorize(&caller, Action::CreateInstance, &instance_id)?;
             let cmd = app::CreateInstance {
                 instance_id,
                 name,
                 description,
             };
-            let out = self.app.create_instance(&ctx, &cmd).await?;
+            let out = self
+                .app
+                .create_instance(&acting(&id, &caller), &cmd)
+                .await?;
             Ok(ok_response!(
                 CreateInstanceResponse,
-                ctx,
+                id,
                 proto::Instance {
                     instance_id: out.instance_id.to_string(),
                     name: out.name,
@@ -61,9 +137,9 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::CreateUserResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), ACTOR);
-        respond("CreateUser", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("CreateUser", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             let mobile = optional(&r.mobile, |s| PhoneNumber::parse("Mobile", s));
             let mode = work_mode("WorkMode", r.work_mode);
             parse_params! {
@@ -77,6 +153,7 @@ impl Admin for AdminService {
                 };
                 extension = optional(&r.extension, |s| Extension::parse("Extension", s));
             }
+            authorize(&caller, Action::CreateUser, &instance_id)?;
             let cmd = app::CreateUser {
                 instance_id,
                 login_name,
@@ -85,11 +162,11 @@ impl Admin for AdminService {
                 mobile,
                 extension,
             };
-            let out = self.app.create_user(&ctx, &cmd).await?;
+            let out = self.app.create_user(&acting(&id, &caller), &cmd).await?;
             let a = &out.agent;
             Ok(ok_response!(
                 CreateUserResponse,
-                ctx,
+                id,
                 proto::User {
                     user_id: a.user_id.to_string(),
                     instance_id: a.instance_id.to_string(),
@@ -105,6 +182,73 @@ impl Admin for AdminService {
                         .unwrap_or_default(),
                     user_context: Some(user_context(a)),
                 }
+            ))
+        })
+        .await
+    }
+
+    async fn create_access_token(
+        &self,
+        request: Request<proto::CreateAccessTokenRequest>,
+    ) -> Result<Response<proto::CreateAccessTokenResponse>, Status> {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("CreateAccessToken", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
+            let wanted = role(r.role);
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                role = wanted.clone();
+                user_id = token_user(&r.user_id, wanted.as_ref().copied());
+                expires_in_seconds = access::expires_in(r.expires_in_seconds);
+            }
+            authorize(&caller, Action::CreateAccessToken, &instance_id)?;
+            let cmd = app::CreateAccessToken {
+                instance_id: Some(instance_id),
+                role,
+                user_id,
+                expires_in_seconds,
+            };
+            let out = self
+                .app
+                .create_access_token(&acting(&id, &caller), &cmd)
+                .await?;
+            let t = token_info(&out.record);
+            Ok(ok_response!(
+                CreateAccessTokenResponse,
+                id,
+                proto::create_access_token_response::Data {
+                    token_id: t.token_id,
+                    token: out.token.reveal().to_owned(),
+                    role: t.role,
+                    instance_id: t.instance_id,
+                    user_id: t.user_id,
+                    expires_at: t.expires_at,
+                }
+            ))
+        })
+        .await
+    }
+
+    async fn revoke_access_token(
+        &self,
+        request: Request<proto::RevokeAccessTokenRequest>,
+    ) -> Result<Response<proto::RevokeAccessTokenResponse>, Status> {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("RevokeAccessToken", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
+            parse_params! {
+                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+                token_id = token_id(&r.token_id);
+            }
+            authorize(&caller, Action::RevokeAccessToken, &instance_id)?;
+            let revoked = self
+                .app
+                .revoke_access_token(&acting(&id, &caller), Some(&instance_id), &token_id)
+                .await?;
+            Ok(ok_response!(
+                RevokeAccessTokenResponse,
+                id,
+                token_info(&revoked)
             ))
         })
         .await

@@ -4,13 +4,17 @@
 use tonic::{Request, Response, Status};
 
 use crate::app::{self, App};
+use crate::domain::access::{Action, acting_agent, authorize};
 use crate::domain::conference::parse_participants;
-use crate::domain::ids::{InstanceId, JobId, UserId};
+use crate::domain::ids::{InstanceId, JobId};
+use crate::domain::privacy::mask_participant;
 use crate::error::ParamViolation;
 use crate::proto::{self, call_control_server::CallControl};
 
 use super::convert::{call_context, user_context};
-use super::request::{context, ok_response, parse_params, respond, text};
+use super::request::{
+    acting, authenticate, ok_response, optional_user, parse_params, request_id, respond, text,
+};
 
 pub struct CallControlService {
     app: App,
@@ -25,12 +29,6 @@ impl CallControlService {
 const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
 const MAX_TIMEOUT_SECONDS: i32 = 300;
 const MAX_TAGS_BYTES: usize = 128;
-
-/// The acting agent. The reference lets a blank UserId mean the caller's own
-/// agent; without caller identity there is none, so blank stays blank.
-fn acting_user(raw: &str) -> Result<UserId, ParamViolation> {
-    UserId::parse("UserId", raw)
-}
 
 fn timeout_seconds(raw: Option<i32>) -> Result<i32, ParamViolation> {
     match raw {
@@ -49,16 +47,19 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::StartConferenceRequest>,
     ) -> Result<Response<proto::StartConferenceResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), &r.user_id);
-        respond("StartConference", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("StartConference", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = acting_user(&r.user_id);
+                user_id = optional_user(&r.user_id);
                 participants = parse_participants(&r.participant_list_json);
                 timeout_seconds = timeout_seconds(r.timeout_seconds);
                 tags = text("Tags", &r.tags, MAX_TAGS_BYTES);
             }
+            authorize(&caller, Action::StartConference, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
+            let masked: Vec<String> = participants.iter().map(|p| mask_participant(p)).collect();
             let cmd = app::StartConference {
                 instance_id,
                 user_id,
@@ -66,10 +67,11 @@ impl CallControl for CallControlService {
                 timeout_seconds,
                 tags,
             };
-            let out = self.app.start_conference(&ctx, &cmd).await?;
+            let out = self.app.start_conference(&acting(&id, &caller), &cmd).await?;
+            tracing::debug!(job_id = %out.call.job_id, participants = ?masked, "conference started");
             Ok(ok_response!(
                 StartConferenceResponse,
-                ctx,
+                id,
                 proto::start_conference_response::Data {
                     call_context: Some(call_context(&out.call)),
                     user_context: Some(user_context(&out.agent)),
@@ -84,23 +86,25 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::EndConferenceRequest>,
     ) -> Result<Response<proto::EndConferenceResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), &r.user_id);
-        respond("EndConference", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("EndConference", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = acting_user(&r.user_id);
+                user_id = optional_user(&r.user_id);
                 job_id = JobId::parse("JobId", &r.job_id);
             }
+            authorize(&caller, Action::EndConference, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
             let cmd = app::EndConference {
                 instance_id,
                 user_id,
                 job_id,
             };
-            let out = self.app.end_conference(&ctx, &cmd).await?;
+            let out = self.app.end_conference(&acting(&id, &caller), &cmd).await?;
             Ok(ok_response!(
                 EndConferenceResponse,
-                ctx,
+                id,
                 proto::end_conference_response::Data {
                     call_context: Some(call_context(&out.call)),
                     user_context: Some(user_context(&out.agent)),
@@ -115,23 +119,23 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::PollUserStatusRequest>,
     ) -> Result<Response<proto::PollUserStatusResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), &r.user_id);
-        respond("PollUserStatus", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("PollUserStatus", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = acting_user(&r.user_id);
+                user_id = optional_user(&r.user_id);
             }
-            let out = self
-                .app
-                .poll_user_status(&app::PollUserStatus {
-                    instance_id,
-                    user_id,
-                })
-                .await?;
+            authorize(&caller, Action::PollUserStatus, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
+            let cmd = app::PollUserStatus {
+                instance_id,
+                user_id,
+            };
+            let out = self.app.poll_user_status(&cmd).await?;
             Ok(ok_response!(
                 PollUserStatusResponse,
-                ctx,
+                id,
                 proto::poll_user_status_response::Data {
                     call_context: out.call.as_ref().map(call_context),
                     user_context: Some(user_context(&out.agent)),
@@ -146,22 +150,27 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::ReadyForServiceRequest>,
     ) -> Result<Response<proto::ReadyForServiceResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), &r.user_id);
-        respond("ReadyForService", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("ReadyForService", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = acting_user(&r.user_id);
+                user_id = optional_user(&r.user_id);
             }
+            authorize(&caller, Action::ReadyForService, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
             let cmd = app::ReadyForService {
                 instance_id,
                 user_id,
                 outbound_scenario: r.outbound_scenario,
             };
-            let (agent, _context_id) = self.app.ready_for_service(&ctx, &cmd).await?;
+            let (agent, _context_id) = self
+                .app
+                .ready_for_service(&acting(&id, &caller), &cmd)
+                .await?;
             Ok(ok_response!(
                 ReadyForServiceResponse,
-                ctx,
+                id,
                 user_context(&agent)
             ))
         })

@@ -22,34 +22,42 @@ use crate::proto::{
 
 pub use request::REQUEST_ID_HEADER;
 
-/// Every service of the contract, plus reflection (v1 and v1alpha, so
-/// grpcurl 1.8 works) and `grpc.health.v1`. Reflection also knows the
-/// `google.rpc` detail types, so `grpcurl` prints error details decoded.
-pub async fn routes(app: App) -> anyhow::Result<Routes> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(reporter, app.clone()));
-
-    Ok(Routes::new(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+/// Every service of the contract, plus (unless turned off) reflection (v1
+/// and v1alpha, so grpcurl 1.8 works) and `grpc.health.v1`, which need no
+/// token. Reflection also knows the `google.rpc` detail types, so `grpcurl`
+/// prints error details decoded.
+pub async fn routes(app: App, reflection: bool, health: bool) -> anyhow::Result<Routes> {
+    let mut routes = Routes::builder();
+    routes
         .add_service(CallControlServer::new(
             call_control::CallControlService::new(app.clone()),
         ))
         .add_service(TelephonyServer::new(telephony::TelephonyService::new(
             app.clone(),
         )))
-        .add_service(AdminServer::new(admin::AdminService::new(app))))
+        .add_service(AdminServer::new(admin::AdminService::new(app.clone())));
+    if reflection {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+    }
+    if health {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        tokio::spawn(report_health(reporter, app));
+        routes.add_service(service);
+    }
+    Ok(routes.routes())
 }
 
 /// Keeps the health status of every service in step with whether the

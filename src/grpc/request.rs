@@ -7,8 +7,10 @@ use std::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Response, Status};
 
-use crate::app::RequestContext;
-use crate::error::Error;
+use crate::app::{App, RequestContext};
+use crate::domain::access::Caller;
+use crate::domain::ids::UserId;
+use crate::error::{Error, ParamViolation};
 
 /// Metadata key of the request ID, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -16,19 +18,40 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The caller's `x-request-id` if it is a sane one (1 to 128 printable
 /// ASCII characters), so a mesh's trace ID carries through; else a new
 /// UUID in the reference's upper-case style.
-pub(crate) fn context(metadata: &MetadataMap, actor: impl Into<String>) -> RequestContext {
+pub(crate) fn request_id(metadata: &MetadataMap) -> String {
     let given = metadata
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
-    let request_id = match given {
+    match given {
         Some(id) => id.to_owned(),
         None => uuid::Uuid::new_v4().to_string().to_uppercase(),
-    };
-    RequestContext {
-        request_id,
-        actor: actor.into(),
     }
+}
+
+/// Authenticates the request's `authorization: Bearer <token>` metadata.
+pub(crate) async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller, Error> {
+    let bearer = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    app.authenticate(bearer).await
+}
+
+/// What the app records about the request: its ID and who asked.
+pub(crate) fn acting(request_id: &str, caller: &Caller) -> RequestContext {
+    RequestContext {
+        request_id: request_id.to_owned(),
+        actor: caller.principal(),
+    }
+}
+
+/// An optional UserId: blank means the caller's own agent, decided by
+/// `domain::access::acting_agent`.
+pub(crate) fn optional_user(raw: &str) -> Result<Option<UserId>, ParamViolation> {
+    optional(raw, |s| UserId::parse("UserId", s))
 }
 
 /// Runs a handler body and turns its outcome into the gRPC answer: the
@@ -37,13 +60,12 @@ pub(crate) fn context(metadata: &MetadataMap, actor: impl Into<String>) -> Reque
 /// process.
 pub(crate) async fn respond<T>(
     rpc: &'static str,
-    ctx: &RequestContext,
+    request_id: &str,
     body: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
     let outcome = body.await;
     let elapsed_us = started.elapsed().as_micros() as u64;
-    let request_id = ctx.request_id.as_str();
     match outcome {
         Ok(reply) => {
             tracing::debug!(rpc, request_id, elapsed_us, "ok");
@@ -91,12 +113,12 @@ pub(crate) use parse_params;
 
 /// The documented success envelope around `data`.
 macro_rules! ok_response {
-    ($ty:ident, $ctx:expr, $data:expr) => {
+    ($ty:ident, $request_id:expr, $data:expr) => {
         $crate::proto::$ty {
             code: "OK".to_owned(),
             http_status_code: 200,
             message: String::new(),
-            request_id: $ctx.request_id.clone(),
+            request_id: $request_id.to_owned(),
             params: Vec::new(),
             data: Some($data),
         }
@@ -105,13 +127,9 @@ macro_rules! ok_response {
 pub(crate) use ok_response;
 
 /// A free-text parameter: at most `max` bytes.
-pub(crate) fn text(
-    field: &'static str,
-    raw: &str,
-    max: usize,
-) -> Result<String, crate::error::ParamViolation> {
+pub(crate) fn text(field: &'static str, raw: &str, max: usize) -> Result<String, ParamViolation> {
     if raw.len() > max {
-        Err(crate::error::ParamViolation::invalid(
+        Err(ParamViolation::invalid(
             field,
             format!("It must be at most {max} bytes"),
         ))
@@ -125,9 +143,9 @@ pub(crate) fn required_text(
     field: &'static str,
     raw: &str,
     max: usize,
-) -> Result<String, crate::error::ParamViolation> {
+) -> Result<String, ParamViolation> {
     if raw.trim().is_empty() {
-        Err(crate::error::ParamViolation::blank(field))
+        Err(ParamViolation::blank(field))
     } else {
         text(field, raw, max)
     }
@@ -136,8 +154,8 @@ pub(crate) fn required_text(
 /// An optional parameter: blank means absent, else parsed by `parse`.
 pub(crate) fn optional<T>(
     raw: &str,
-    parse: impl FnOnce(&str) -> Result<T, crate::error::ParamViolation>,
-) -> Result<Option<T>, crate::error::ParamViolation> {
+    parse: impl FnOnce(&str) -> Result<T, ParamViolation>,
+) -> Result<Option<T>, ParamViolation> {
     if raw.is_empty() {
         Ok(None)
     } else {

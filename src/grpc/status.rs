@@ -15,10 +15,13 @@ pub const ERROR_DOMAIN: &str = "ccc.v20200701";
 pub fn grpc_code(e: &Error) -> Code {
     match e {
         Error::Parameters(_) => Code::InvalidArgument,
+        Error::Unauthenticated => Code::Unauthenticated,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::InstanceNotFound(_)
         | Error::UserNotFound { .. }
         | Error::CallNotFound(_)
-        | Error::ChannelNotFound { .. } => Code::NotFound,
+        | Error::ChannelNotFound { .. }
+        | Error::TokenNotFound { .. } => Code::NotFound,
         Error::NotAConference(_)
         | Error::NotInConference { .. }
         | Error::UserState { .. }

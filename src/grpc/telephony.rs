@@ -4,16 +4,17 @@
 use tonic::{Request, Response, Status};
 
 use crate::app::{self, App};
+use crate::domain::access::{Action, authorize};
 use crate::domain::ids::{ChannelId, InstanceId, JobId};
 use crate::domain::states::ChannelState;
 use crate::error::ParamViolation;
 use crate::proto::{self, telephony_server::Telephony};
 
 use super::convert::{call_context, reported_channel_state};
-use super::request::{context, ok_response, optional, parse_params, respond, text};
+use super::request::{
+    acting, authenticate, ok_response, optional, parse_params, request_id, respond, text,
+};
 
-/// The actor recorded in events for media-plane reports.
-const ACTOR: &str = "telephony";
 const MAX_RELEASE_TEXT_BYTES: usize = 128;
 
 pub struct TelephonyService {
@@ -48,9 +49,9 @@ impl Telephony for TelephonyService {
         &self,
         request: Request<proto::ReportChannelEventRequest>,
     ) -> Result<Response<proto::ReportChannelEventResponse>, Status> {
-        let r = request.get_ref();
-        let ctx = context(request.metadata(), ACTOR);
-        respond("ReportChannelEvent", &ctx, async {
+        let (r, id) = (request.get_ref(), request_id(request.metadata()));
+        respond("ReportChannelEvent", &id, async {
+            let caller = authenticate(&self.app, request.metadata()).await?;
             let reported = reported_channel_state("ChannelState", r.channel_state);
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
@@ -60,9 +61,10 @@ impl Telephony for TelephonyService {
                 release_initiator = release_detail("ReleaseInitiator", &r.release_initiator, reported.as_ref().copied());
                 release_reason = release_detail("ReleaseReason", &r.release_reason, reported.as_ref().copied());
             }
+            authorize(&caller, Action::ReportChannelEvent, &instance_id)?;
             let cmd = app::ReportChannelEvent { instance_id, job_id, channel_id, state, release_initiator, release_reason };
-            let out = self.app.report_channel_event(&ctx, &cmd).await?;
-            Ok(ok_response!(ReportChannelEventResponse, ctx, proto::report_channel_event_response::Data {
+            let out = self.app.report_channel_event(&acting(&id, &caller), &cmd).await?;
+            Ok(ok_response!(ReportChannelEventResponse, id, proto::report_channel_event_response::Data {
                 call_context: Some(call_context(&out.call)),
                 context_id: out.context_id,
             }))

@@ -16,6 +16,7 @@ pub mod changes;
 pub mod provisioning;
 mod rows;
 pub mod status;
+pub mod tokens;
 
 use sqlx::{PgPool, Postgres, Transaction};
 

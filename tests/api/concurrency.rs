@@ -14,6 +14,7 @@ async fn two_agents_leaving_at_once_always_end_consistently(pool: PgPool) {
     let app = spawn_app(pool).await;
     let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
     let (alice, bob, carol) = (&agents[0].0, &agents[1].0, &agents[2].0);
+    let (as_alice, as_bob) = (app.agent(alice).await, app.agent(bob).await);
 
     for round in 0..ROUNDS {
         for user in [alice, bob, carol] {
@@ -22,7 +23,11 @@ async fn two_agents_leaving_at_once_always_end_consistently(pool: PgPool) {
         let conf = app.answered_conference(alice, &["8002", "8003"]).await;
         let events_before = app.event_count().await;
 
-        let (a, b) = tokio::join!(app.end(alice, &conf.job_id), app.end(bob, &conf.job_id));
+        // Each agent leaves with its own token, at the same instant.
+        let (a, b) = tokio::join!(
+            end_with(&as_alice.calls, INSTANCE, "", &conf.job_id),
+            end_with(&as_bob.calls, INSTANCE, "", &conf.job_id)
+        );
         let (a, b) = (a.unwrap(), b.unwrap());
 
         // Whoever went second saw the other gone and ended the call: carol

@@ -13,8 +13,12 @@ async fn leaving_keeps_the_others_connected(pool: PgPool) {
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let (alice, bob) = (&agents[0].0, &agents[1].0);
     let conf = app.answered_conference(alice, &["8002", CUSTOMER]).await;
+    let as_alice = app.agent(alice).await;
 
-    let data = app.end(alice, &conf.job_id).await.unwrap();
+    // An agent's token, and a blank UserId: the caller's own agent leaves.
+    let data = end_with(&as_alice.calls, INSTANCE, "", &conf.job_id)
+        .await
+        .unwrap();
 
     let call = data.call_context.unwrap();
     assert_eq!(call.job_id, conf.job_id);
@@ -231,7 +235,14 @@ async fn bad_parameters_are_all_reported(pool: PgPool) {
         "The parameter InstanceId must not be null or empty."
     );
     let fields: Vec<_> = violations(&blank).into_iter().map(|(f, _)| f).collect();
-    assert_eq!(fields, ["InstanceId", "UserId", "JobId"]);
+    assert_eq!(fields, ["InstanceId", "JobId"]);
+    // An admin has no agent of its own: it must name one.
+    let no_user = app.end_in(INSTANCE, "", "job-1").await.unwrap_err();
+    assert_error(&no_user, Code::InvalidArgument, "Parameter.Blank", 400);
+    assert_eq!(
+        no_user.message(),
+        "The parameter UserId must not be null or empty."
+    );
 
     let cases = [
         ("CCC-TEST", "alice@ccc-test", "job-1", "InstanceId"),
@@ -404,7 +415,13 @@ async fn the_request_id_comes_back(pool: PgPool) {
         .metadata_mut()
         .insert("x-request-id", "trace-42".parse().unwrap());
 
-    let response = app.calls.clone().end_conference(request).await.unwrap();
+    let response = app
+        .agent(&agents[0].0)
+        .await
+        .calls
+        .end_conference(request)
+        .await
+        .unwrap();
 
     assert_eq!(response.metadata().get("x-request-id").unwrap(), "trace-42");
     assert_eq!(response.into_inner().request_id, "trace-42");

@@ -3,32 +3,115 @@
 //! usual set-up (an instance, agents, a conference).
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
+use ccc_callcontrol::app::{App, CreateAccessToken, RequestContext, TokenCache};
+use ccc_callcontrol::domain::access::Role;
+use ccc_callcontrol::domain::ids::{InstanceId, UserId};
 use ccc_callcontrol::proto::{
     self, admin_client::AdminClient, call_control_client::CallControlClient,
     channel_context::ChannelState, telephony_client::TelephonyClient,
 };
-use ccc_callcontrol::startup::Application;
+use ccc_callcontrol::startup::{Application, ServeOptions};
+use ccc_callcontrol::store::Store;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 pub const INSTANCE: &str = "ccc-test";
 pub const CUSTOMER: &str = "13900001234";
 
+/// Where the whole suite's logs go, for the privacy check that runs after
+/// it (`tests/log_privacy.rs`), and where every token the suite creates is
+/// written so that check can look for them.
+pub const LOG_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/api-suite.log");
+pub const SECRETS_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/api-suite-secrets.txt");
+
+/// Sends `authorization: Bearer <token>` with every request (or nothing).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn token(token: &str) -> Self {
+        Self(Some(format!("Bearer {token}").parse().unwrap()))
+    }
+
+    pub fn raw(header: &str) -> Self {
+        Self(Some(header.parse().unwrap()))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Calls = CallControlClient<InterceptedService<Channel, Bearer>>;
+pub type Telephony = TelephonyClient<InterceptedService<Channel, Bearer>>;
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// The three clients, all sending one token.
+#[derive(Clone)]
+pub struct Clients {
+    pub calls: Calls,
+    pub telephony: Telephony,
+    pub admin: Admin,
+}
+
+impl Clients {
+    pub fn new(channel: Channel, bearer: Bearer) -> Self {
+        Self {
+            calls: CallControlClient::with_interceptor(channel.clone(), bearer.clone()),
+            telephony: TelephonyClient::with_interceptor(channel.clone(), bearer.clone()),
+            admin: AdminClient::with_interceptor(channel, bearer),
+        }
+    }
+}
+
 pub struct TestApp {
     pub pool: PgPool,
-    pub calls: CallControlClient<Channel>,
-    pub telephony: TelephonyClient<Channel>,
-    pub admin: AdminClient<Channel>,
+    pub channel: Channel,
+    /// The actions, for creating tokens directly (as the CLI does).
+    pub direct: App,
+    /// Clients with an operator token.
+    pub calls: Calls,
+    pub telephony: Telephony,
+    pub admin: Admin,
     _stop: oneshot::Sender<()>,
 }
 
-/// Starts the application on 127.0.0.1:0 over `pool` and connects clients.
+/// Starts the application on 127.0.0.1:0 over `pool` and connects clients
+/// holding an operator token.
 pub async fn spawn_app(pool: PgPool) -> TestApp {
-    let app = Application::bind("127.0.0.1:0".parse().unwrap(), pool.clone())
+    spawn_app_with(
+        pool,
+        ServeOptions {
+            token_cache_ttl: Duration::ZERO,
+            ..ServeOptions::default()
+        },
+    )
+    .await
+}
+
+pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {
+    init_logs();
+    let app = Application::bind("127.0.0.1:0".parse().unwrap(), pool.clone(), options)
         .await
         .expect("bind");
     let addr = app.local_addr();
@@ -41,12 +124,89 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
         .connect()
         .await
         .expect("connect");
+    let direct = App::new(Store::new(pool.clone()), TokenCache::new(Duration::ZERO));
+    let operator = create_token(&direct, None, Role::Admin, None, None).await;
+    let clients = Clients::new(channel.clone(), Bearer::token(&operator));
     TestApp {
         pool,
-        calls: CallControlClient::new(channel.clone()),
-        telephony: TelephonyClient::new(channel.clone()),
-        admin: AdminClient::new(channel),
+        channel,
+        direct,
+        calls: clients.calls,
+        telephony: clients.telephony,
+        admin: clients.admin,
         _stop: stop,
+    }
+}
+
+/// Creates a token straight in the store, records it for the privacy check
+/// and returns the secret.
+pub async fn create_token(
+    app: &App,
+    instance: Option<&str>,
+    role: Role,
+    user: Option<&str>,
+    expires_in_seconds: Option<i64>,
+) -> String {
+    let ctx = RequestContext {
+        request_id: "test".into(),
+        actor: "test".into(),
+    };
+    let cmd = CreateAccessToken {
+        instance_id: instance.map(InstanceId::from_trusted),
+        role,
+        user_id: user.map(UserId::from_trusted),
+        expires_in_seconds,
+    };
+    let created = app
+        .create_access_token(&ctx, &cmd)
+        .await
+        .expect("create token");
+    let secret = created.token.reveal().to_owned();
+    remember_secret(&secret);
+    secret
+}
+
+pub fn remember_secret(secret: &str) {
+    static SECRETS: OnceLock<Mutex<File>> = OnceLock::new();
+    let file =
+        SECRETS.get_or_init(|| Mutex::new(File::create(SECRETS_FILE).expect("secrets file")));
+    writeln!(file.lock().unwrap(), "{secret}").unwrap();
+}
+
+/// Sends every log line of the suite, at DEBUG for every crate, to
+/// [`LOG_FILE`] (created anew by each run of the suite).
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(LOG_FILE)
+            .expect("log file");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init();
+    });
+}
+
+impl TestApp {
+    /// Clients that send `bearer`.
+    pub fn clients(&self, bearer: Bearer) -> Clients {
+        Clients::new(self.channel.clone(), bearer)
+    }
+
+    /// A token of `role` for `instance` (and `user`), and clients using it.
+    pub async fn clients_as(
+        &self,
+        instance: Option<&str>,
+        role: Role,
+        user: Option<&str>,
+    ) -> Clients {
+        let token = create_token(&self.direct, instance, role, user, None).await;
+        self.clients(Bearer::token(&token))
     }
 }
 
@@ -217,8 +377,25 @@ impl TestApp {
         user: &str,
         job: &str,
     ) -> Result<proto::end_conference_response::Data, Status> {
-        let r = self
-            .calls
+        end_with(&self.calls, instance, user, job).await
+    }
+
+    /// Clients holding `user`'s own AGENT token in the test instance.
+    pub async fn agent(&self, user: &str) -> Clients {
+        self.clients_as(Some(INSTANCE), Role::Agent, Some(user))
+            .await
+    }
+}
+
+/// EndConference through `calls`, checking the success envelope.
+pub async fn end_with(
+    calls: &Calls,
+    instance: &str,
+    user: &str,
+    job: &str,
+) -> Result<proto::end_conference_response::Data, Status> {
+    {
+        let r = calls
             .clone()
             .end_conference(proto::EndConferenceRequest {
                 instance_id: instance.into(),
@@ -231,7 +408,9 @@ impl TestApp {
         assert!(!r.request_id.is_empty());
         Ok(r.data.unwrap())
     }
+}
 
+impl TestApp {
     pub async fn poll(&self, user: &str) -> proto::poll_user_status_response::Data {
         self.calls
             .clone()

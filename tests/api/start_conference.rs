@@ -12,8 +12,23 @@ async fn starting_rings_everyone(pool: PgPool) {
     let app = spawn_app(pool).await;
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let (alice, bob) = (&agents[0].0, &agents[1].0);
+    let as_alice = app.agent(alice).await;
 
-    let data = app.start(alice, &["8002", CUSTOMER]).await.unwrap();
+    let data = as_alice
+        .calls
+        .clone()
+        .start_conference(proto::StartConferenceRequest {
+            instance_id: INSTANCE.into(),
+            user_id: String::new(), // the caller's own agent
+            participant_list_json: format!(r#"["8002","{CUSTOMER}"]"#),
+            timeout_seconds: None,
+            tags: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .data
+        .unwrap();
 
     let call = data.call_context.unwrap();
     let digits = call.job_id.strip_prefix("job-").expect("job- prefix");

@@ -1,0 +1,206 @@
+//! Authentication (which token, whose) and token management: create, revoke,
+//! list. Decisions about what a caller may do are in `domain::access`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::domain::access::{self, AccessToken, Caller, Role, TokenGrant};
+use crate::domain::ids::{InstanceId, UserId};
+use crate::error::Error;
+use crate::store::changes::Event;
+use crate::store::tokens::{self, TokenRecord};
+
+use super::{App, RequestContext, now};
+
+/// Most tokens remembered at once; the cache is emptied when full.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Token hash → when it was looked up, and what was found (`None`: no such
+/// token, remembered too so a flood of bad tokens does not reach the
+/// database).
+type Entries = HashMap<[u8; 32], (Instant, Option<TokenGrant>)>;
+
+/// Remembers recent token lookups for a short time, so a busy agent does
+/// not cost a database round trip per request. A revocation therefore takes
+/// up to the TTL to reach other replicas (this one forgets at once); expiry
+/// is checked on every use. A TTL of zero turns the cache off.
+#[derive(Debug, Clone)]
+pub struct TokenCache {
+    ttl: Duration,
+    entries: Arc<Mutex<Entries>>,
+}
+
+impl TokenCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Arc::default(),
+        }
+    }
+
+    fn get(&self, hash: &[u8; 32]) -> Option<Option<TokenGrant>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, grant)| grant.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], grant: Option<TokenGrant>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(hash, (Instant::now(), grant));
+    }
+
+    fn forget_token(&self, token_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .retain(|_, (_, grant)| grant.as_ref().is_none_or(|g| g.caller.token_id != token_id));
+    }
+}
+
+/// CreateAccessToken, from the API or the command line.
+#[derive(Debug, Clone)]
+pub struct CreateAccessToken {
+    /// `None`: an operator token (command line only).
+    pub instance_id: Option<InstanceId>,
+    pub role: Role,
+    pub user_id: Option<UserId>,
+    pub expires_in_seconds: Option<i64>,
+}
+
+/// A new token: its record, and the secret, shown once.
+#[derive(Debug)]
+pub struct CreatedToken {
+    pub record: TokenRecord,
+    pub token: AccessToken,
+}
+
+impl App {
+    /// Who holds `bearer`, if it is a live token.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, Error> {
+        let token = bearer
+            .and_then(AccessToken::parse)
+            .ok_or(Error::Unauthenticated)?;
+        let hash = token.hash();
+        let grant = match self.tokens.get(&hash) {
+            Some(cached) => cached,
+            None => {
+                let found = tokens::find_by_hash(&self.store, &hash)
+                    .await?
+                    .map(|r| r.grant());
+                self.tokens.put(hash, found.clone());
+                found
+            }
+        };
+        let caller = grant
+            .as_ref()
+            .and_then(|g| g.usable_at(now()))
+            .ok_or(Error::Unauthenticated)?;
+        tracing::debug!(token_id = %caller.token_id, role = %caller.role, "authenticated");
+        Ok(caller.clone())
+    }
+
+    pub async fn create_access_token(
+        &self,
+        ctx: &RequestContext,
+        cmd: &CreateAccessToken,
+    ) -> Result<CreatedToken, Error> {
+        let token = AccessToken::from_random(rand::random());
+        let now = now();
+        let record = TokenRecord {
+            token_id: access::token_id(rand::random()),
+            role: cmd.role,
+            instance_id: cmd.instance_id.clone(),
+            user_id: cmd.user_id.clone(),
+            created_at: now,
+            created_by: ctx.actor.clone(),
+            expires_at: cmd.expires_in_seconds.map(|s| now + s * 1000),
+            revoked_at: None,
+        };
+        let event = Event {
+            request_id: &ctx.request_id,
+            action: "CreateAccessToken",
+            actor: &ctx.actor,
+            before: None,
+            after: token_json(&record),
+        };
+        let (instance_exists, user_exists) =
+            tokens::insert(&self.store, &record, &token.hash(), Some(&event)).await?;
+        let instance = record.instance_id.as_ref().map_or("", |i| i.as_str());
+        if !instance_exists {
+            return Err(Error::InstanceNotFound(instance.to_owned()));
+        }
+        if !user_exists {
+            return Err(super::conference::user_not_found(
+                record
+                    .user_id
+                    .as_ref()
+                    .expect("only an agent token names a user"),
+                record
+                    .instance_id
+                    .as_ref()
+                    .expect("an agent token has an instance"),
+            ));
+        }
+        tracing::info!(token_id = %record.token_id, role = %record.role, instance, "access token created");
+        Ok(CreatedToken { record, token })
+    }
+
+    /// Revokes token `token_id` of `instance` (`None`: an operator's).
+    /// Revoking a revoked token changes nothing and succeeds.
+    pub async fn revoke_access_token(
+        &self,
+        ctx: &RequestContext,
+        instance: Option<&InstanceId>,
+        token_id: &str,
+    ) -> Result<TokenRecord, Error> {
+        let event = Event {
+            request_id: &ctx.request_id,
+            action: "RevokeAccessToken",
+            actor: &ctx.actor,
+            before: None,
+            after: json!({ "token_id": token_id }),
+        };
+        let revoked = tokens::revoke(&self.store, instance, token_id, now(), Some(&event))
+            .await?
+            .ok_or_else(|| Error::TokenNotFound {
+                token_id: token_id.to_owned(),
+                instance_id: instance.map_or("", |i| i.as_str()).to_owned(),
+            })?;
+        self.tokens.forget_token(token_id);
+        tracing::info!(token_id, "access token revoked");
+        Ok(revoked)
+    }
+
+    pub async fn list_access_tokens(
+        &self,
+        instance: Option<&InstanceId>,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        tokens::list(&self.store, instance).await
+    }
+}
+
+/// A token as events record it: no secret, no hash.
+fn token_json(t: &TokenRecord) -> serde_json::Value {
+    json!({
+        "token": {
+            "token_id": t.token_id,
+            "role": t.role.as_str(),
+            "instance_id": t.instance_id,
+            "user_id": t.user_id,
+            "expires_at": t.expires_at,
+        }
+    })
+}
