@@ -11,6 +11,7 @@ use crate::domain::access::{self, AccessToken, Caller, Role, TokenGrant};
 use crate::domain::ids::{InstanceId, UserId};
 use crate::error::Error;
 use crate::store::changes::Event;
+use crate::store::provisioning;
 use crate::store::tokens::{self, TokenRecord};
 
 use super::{App, RequestContext, now};
@@ -166,6 +167,11 @@ impl App {
         instance: Option<&InstanceId>,
         token_id: &str,
     ) -> Result<TokenRecord, Error> {
+        if let Some(id) = instance
+            && !provisioning::instance_exists(&self.store, id).await?
+        {
+            return Err(Error::InstanceNotFound(id.to_string()));
+        }
         let event = Event {
             request_id: &ctx.request_id,
             action: "RevokeAccessToken",

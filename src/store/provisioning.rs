@@ -60,6 +60,14 @@ pub struct Profile {
     pub mobile: Option<PhoneNumber>,
 }
 
+pub async fn instance_exists(store: &Store, id: &InstanceId) -> Result<bool, Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = $1)")
+        .bind(id.as_str())
+        .fetch_one(store.pool())
+        .await
+        .map_err(db_error)
+}
+
 /// Locks instance `id` for the rest of the transaction, so agent creations
 /// in one instance run one at a time; `false` if there is no such instance.
 pub async fn lock_instance(tx: &mut Tx, id: &InstanceId) -> Result<bool, Error> {

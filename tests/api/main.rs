@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod access;
 mod admin;
 mod concurrency;
 mod contract_json;
@@ -13,3 +14,5 @@ mod failures;
 mod poll_and_ready;
 mod report_channel_event;
 mod start_conference;
+mod tls;
+mod tokens;
