@@ -138,7 +138,7 @@ impl App {
             after: token_json(&record),
         };
         let (instance_exists, user_exists) =
-            tokens::insert(&self.store, &record, &token.hash(), Some(&event)).await?;
+            tokens::insert(&self.store, &record, &token.hash(), &event).await?;
         let instance = record.instance_id.as_ref().map_or("", |i| i.as_str());
         if !instance_exists {
             return Err(Error::InstanceNotFound(instance.to_owned()));
@@ -179,7 +179,7 @@ impl App {
             before: None,
             after: json!({ "token_id": token_id }),
         };
-        let revoked = tokens::revoke(&self.store, instance, token_id, now(), Some(&event))
+        let revoked = tokens::revoke(&self.store, instance, token_id, now(), &event)
             .await?
             .ok_or_else(|| Error::TokenNotFound {
                 token_id: token_id.to_owned(),

@@ -1,7 +1,8 @@
-//! The actions, grouped by what they touch, all the same shape: open a transaction,
-//! load and lock what the decision needs (one statement), let the domain
-//! decide, write the outcome (one statement), commit. Lost races are retried
-//! here, whole, from a fresh snapshot.
+//! The actions, grouped by what they touch, all of the same shape: open a
+//! transaction, load and lock what the decision needs (one statement), let
+//! the domain decide, write the outcome (one statement), commit. Lost races
+//! are retried here, whole, from a fresh snapshot. Authentication and token
+//! management live in `access`.
 
 mod access;
 mod conference;

@@ -81,13 +81,14 @@ pub async fn find_by_hash(store: &Store, hash: &[u8; 32]) -> Result<Option<Token
 
 /// Stores a new token by its hash. For an instance's token it also checks,
 /// in the same statement, that the instance (and for an agent token, the
-/// agent) exists, and appends `event`. Returns `(instance exists, agent
-/// exists)` as found; nothing is written unless both hold.
+/// agent) exists, and appends `event` (an operator's token has no instance
+/// to record it in). Returns `(instance exists, agent exists)` as found;
+/// nothing is written unless both hold.
 pub async fn insert(
     store: &Store,
     token: &TokenRecord,
     hash: &[u8; 32],
-    event: Option<&Event<'_>>,
+    event: &Event<'_>,
 ) -> Result<(bool, bool), Error> {
     let instance = token.instance_id.as_ref().map_or("", |i| i.as_str());
     sqlx::query_as(
@@ -105,7 +106,7 @@ pub async fn insert(
         ), ev AS (
             INSERT INTO events (instance_id, request_id, action, actor, after)
             SELECT t.instance_id, $9, $10, $7, $11 FROM t
-            WHERE t.instance_id <> '' AND $9::text IS NOT NULL
+            WHERE t.instance_id <> ''
         )
         SELECT instance_exists, user_exists FROM ok
         "#,
@@ -118,23 +119,24 @@ pub async fn insert(
     .bind(token.created_at)
     .bind(&token.created_by)
     .bind(token.expires_at)
-    .bind(event.map(|e| e.request_id))
-    .bind(event.map(|e| e.action))
-    .bind(event.map(|e| &e.after))
+    .bind(event.request_id)
+    .bind(event.action)
+    .bind(&event.after)
     .fetch_one(store.pool())
     .await
     .map_err(db_error)
 }
 
 /// Marks token `token_id` of `instance` (`None`: an operator's) revoked at
-/// `now`, if it is not already; returns it as it is afterwards, or `None`
-/// if there is no such token.
+/// `now`, if it is not already, appending `event` when it newly is (and has
+/// an instance); returns the token as it is afterwards, or `None` if there
+/// is no such token.
 pub async fn revoke(
     store: &Store,
     instance: Option<&InstanceId>,
     token_id: &str,
     now: Millis,
-    event: Option<&Event<'_>>,
+    event: &Event<'_>,
 ) -> Result<Option<TokenRecord>, Error> {
     let instance = instance.map_or("", |i| i.as_str());
     let row: Option<Row> = sqlx::query_as(&format!(
@@ -146,7 +148,7 @@ pub async fn revoke(
         ), ev AS (
             INSERT INTO events (instance_id, request_id, action, actor, after)
             SELECT upd.instance_id, $4, $5, $6, $7 FROM upd
-            WHERE upd.newly AND upd.instance_id <> '' AND $4::text IS NOT NULL
+            WHERE upd.newly AND upd.instance_id <> ''
         )
         SELECT {COLUMNS} FROM upd
         "#
@@ -154,10 +156,10 @@ pub async fn revoke(
     .bind(instance)
     .bind(token_id)
     .bind(now)
-    .bind(event.map(|e| e.request_id))
-    .bind(event.map(|e| e.action))
-    .bind(event.map(|e| e.actor))
-    .bind(event.map(|e| &e.after))
+    .bind(event.request_id)
+    .bind(event.action)
+    .bind(event.actor)
+    .bind(&event.after)
     .fetch_optional(store.pool())
     .await
     .map_err(db_error)?;

@@ -96,6 +96,20 @@ async fn connect(
         .await
 }
 
+/// Whether a client that trusts `ca_pem` and presents `identity` fails to
+/// make a call: at the handshake, or at the first request.
+async fn refused(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+    token: &str,
+) -> bool {
+    match connect(url, ca_pem, identity).await {
+        Err(_) => true,
+        Ok(channel) => poll(channel, token).await.is_err(),
+    }
+}
+
 /// A real call over the channel, with a real token.
 async fn poll(channel: Channel, token: &str) -> Result<(), tonic::Status> {
     let mut calls = CallControlClient::with_interceptor(channel, Bearer::token(token));
@@ -130,11 +144,10 @@ async fn tls_with_a_trusted_ca(pool: PgPool) {
 
     // A client that does not trust the server's CA cannot connect.
     let stranger_ca = ca("stranger CA").pem();
-    let refused = match connect(&url, &stranger_ca, None).await {
-        Err(_) => true,
-        Ok(channel) => poll(channel, &token).await.is_err(),
-    };
-    assert!(refused, "an untrusted server certificate must fail");
+    assert!(
+        refused(&url, &stranger_ca, None, &token).await,
+        "an untrusted server certificate must fail"
+    );
 
     // Plaintext against a TLS port fails.
     let plaintext = Channel::from_shared(url.replace("https", "http"))
@@ -174,10 +187,9 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca(pool: PgPool) {
         ("no client certificate", None),
         ("a certificate from another CA", Some(&pki.stranger)),
     ] {
-        let refused = match connect(&url, &pki.ca_pem, identity).await {
-            Err(_) => true,
-            Ok(channel) => poll(channel, &token).await.is_err(),
-        };
-        assert!(refused, "{case} must be refused");
+        assert!(
+            refused(&url, &pki.ca_pem, identity, &token).await,
+            "{case} must be refused"
+        );
     }
 }
