@@ -53,21 +53,34 @@ impl Telephony for TelephonyService {
         respond("ReportChannelEvent", &id, async {
             let caller = authenticate(&self.app, request.metadata()).await?;
             let reported = reported_channel_state("ChannelState", r.channel_state);
+            let reported_ok = reported.as_ref().copied();
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
                 job_id = JobId::parse("JobId", &r.job_id);
                 channel_id = ChannelId::parse("ChannelId", &r.channel_id);
                 state = reported.clone();
-                release_initiator = release_detail("ReleaseInitiator", &r.release_initiator, reported.as_ref().copied());
-                release_reason = release_detail("ReleaseReason", &r.release_reason, reported.as_ref().copied());
+                release_initiator =
+                    release_detail("ReleaseInitiator", &r.release_initiator, reported_ok);
+                release_reason = release_detail("ReleaseReason", &r.release_reason, reported_ok);
             }
             authorize(&caller, Action::ReportChannelEvent, &instance_id)?;
-            let cmd = app::ReportChannelEvent { instance_id, job_id, channel_id, state, release_initiator, release_reason };
-            let out = self.app.report_channel_event(&acting(&id, &caller), &cmd).await?;
-            Ok(ok_response!(ReportChannelEventResponse, id, proto::report_channel_event_response::Data {
+            let cmd = app::ReportChannelEvent {
+                instance_id,
+                job_id,
+                channel_id,
+                state,
+                release_initiator,
+                release_reason,
+            };
+            let out = self
+                .app
+                .report_channel_event(&acting(&id, &caller), &cmd)
+                .await?;
+            let data = proto::report_channel_event_response::Data {
                 call_context: Some(call_context(&out.call)),
                 context_id: out.context_id,
-            }))
+            };
+            Ok(ok_response!(ReportChannelEventResponse, id, data))
         })
         .await
     }
