@@ -214,6 +214,25 @@ impl TokenGrant {
     }
 }
 
+/// Whom a new token may be for: an AGENT token is for exactly one agent;
+/// other roles are for none; only an ADMIN token may span every instance
+/// (an operator's). Violations name the parameter of CreateAccessToken.
+pub fn check_subject(
+    role: Role,
+    names_instance: bool,
+    user: Option<&UserId>,
+) -> Result<(), ParamViolation> {
+    match (role, names_instance, user) {
+        (Role::Agent, _, None) => Err(ParamViolation::blank("UserId")),
+        (Role::Admin | Role::Telephony, _, Some(_)) => Err(ParamViolation::invalid(
+            "UserId",
+            format!("It may only be given for an AGENT token, not {role}"),
+        )),
+        (Role::Agent | Role::Telephony, false, _) => Err(ParamViolation::blank("InstanceId")),
+        _ => Ok(()),
+    }
+}
+
 /// The most a token may live: ten years.
 pub const MAX_EXPIRES_IN_SECONDS: i64 = 10 * 365 * 24 * 3600;
 
@@ -364,6 +383,27 @@ mod tests {
         assert!(grant(None, Some(50)).usable_at(100).is_none());
         assert!(expires_in(Some(0)).is_err());
         assert_eq!(expires_in(Some(60)).unwrap(), Some(60));
+    }
+
+    #[test]
+    fn whom_a_token_may_be_for() {
+        let alice = UserId::from_trusted("alice@a");
+        let alice = Some(&alice);
+        // (role, names an instance, user, the field at fault)
+        let table = [
+            (Role::Admin, false, None, Ok(())),
+            (Role::Admin, true, None, Ok(())),
+            (Role::Admin, true, alice, Err("UserId")),
+            (Role::Agent, true, alice, Ok(())),
+            (Role::Agent, true, None, Err("UserId")),
+            (Role::Agent, false, alice, Err("InstanceId")),
+            (Role::Telephony, true, None, Ok(())),
+            (Role::Telephony, false, None, Err("InstanceId")),
+        ];
+        for (role, names_instance, user, expected) in table {
+            let got = check_subject(role, names_instance, user).map_err(|v| v.field);
+            assert_eq!(got, expected, "{role} {names_instance} {user:?}");
+        }
     }
 
     #[test]

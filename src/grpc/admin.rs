@@ -41,21 +41,18 @@ fn role(raw: i32) -> Result<Role, ParamViolation> {
     }
 }
 
-/// The UserId of CreateAccessToken: required for an AGENT token, absent
-/// otherwise.
+/// The UserId of CreateAccessToken: whether it must be given depends on
+/// the role (`access::check_subject`).
 fn token_user(
     raw: &str,
     role: Result<Role, &ParamViolation>,
 ) -> Result<Option<UserId>, ParamViolation> {
     let user = optional(raw, |s| UserId::parse("UserId", s))?;
-    match (role, &user) {
-        (Ok(Role::Agent), None) => Err(ParamViolation::blank("UserId")),
-        (Ok(r), Some(_)) if r != Role::Agent => Err(ParamViolation::invalid(
-            "UserId",
-            format!("It may only be given for an AGENT token, not {r}"),
-        )),
-        _ => Ok(user),
+    if let Ok(role) = role {
+        // InstanceId is required here, and checked on its own.
+        access::check_subject(role, true, user.as_ref())?;
     }
+    Ok(user)
 }
 
 fn token_id(raw: &str) -> Result<String, ParamViolation> {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::proto::{self, call_control_client::CallControlClient};
 use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -122,20 +123,20 @@ async fn poll(channel: Channel, token: &str) -> Result<(), tonic::Status> {
         .map(drop)
 }
 
-#[sqlx::test]
-async fn tls_with_a_trusted_ca(pool: PgPool) {
+/// An instance with agent alice, an operator token, fresh certificates, and
+/// the server on TLS (mutual when `mutual`): (pki, url, token, stop guard).
+async fn tls_server(pool: PgPool, mutual: bool) -> (Pki, String, String, oneshot::Sender<()>) {
     let plain = spawn_app(pool.clone()).await;
     plain.ready_agents(&["alice"]).await;
-    let token = create_token(
-        &plain.direct,
-        None,
-        ccc_callcontrol::domain::access::Role::Admin,
-        None,
-        None,
-    )
-    .await;
+    let token = create_token(&plain.direct, None, Role::Admin, None, None).await;
     let pki = pki();
-    let (url, _stop) = serve(pool, &pki, false).await;
+    let (url, stop) = serve(pool, &pki, mutual).await;
+    (pki, url, token, stop)
+}
+
+#[sqlx::test]
+async fn tls_with_a_trusted_ca(pool: PgPool) {
+    let (pki, url, token, _stop) = tls_server(pool, false).await;
 
     let channel = connect(&url, &pki.ca_pem, None)
         .await
@@ -154,27 +155,16 @@ async fn tls_with_a_trusted_ca(pool: PgPool) {
         .unwrap()
         .connect()
         .await;
-    let refused = match plaintext {
+    let plaintext_refused = match plaintext {
         Err(_) => true,
         Ok(channel) => poll(channel, &token).await.is_err(),
     };
-    assert!(refused, "plaintext must not reach a TLS server");
+    assert!(plaintext_refused, "plaintext must not reach a TLS server");
 }
 
 #[sqlx::test]
 async fn mutual_tls_requires_a_client_certificate_from_the_ca(pool: PgPool) {
-    let plain = spawn_app(pool.clone()).await;
-    plain.ready_agents(&["alice"]).await;
-    let token = create_token(
-        &plain.direct,
-        None,
-        ccc_callcontrol::domain::access::Role::Admin,
-        None,
-        None,
-    )
-    .await;
-    let pki = pki();
-    let (url, _stop) = serve(pool, &pki, true).await;
+    let (pki, url, token, _stop) = tls_server(pool, true).await;
 
     let with_cert = connect(&url, &pki.ca_pem, Some(&pki.client))
         .await
