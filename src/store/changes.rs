@@ -8,7 +8,7 @@ use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Changes, Channel};
 use crate::error::Error;
 
-use super::{Tx, db_error};
+use super::{Tx, db_error, unique_violation};
 
 /// The event row an action appends: who did what, and the changed state
 /// before and after.
@@ -128,7 +128,13 @@ pub async fn apply(
         .bind(&ag.outbound_scenario)
         .fetch_one(&mut **tx)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| match unique_violation(&e) {
+            // Two new calls drew the same JobId (same millisecond, same six
+            // random digits): a lost race like any other; the retry draws
+            // a new one.
+            Some("calls_pkey") => Error::Contended(e.into()),
+            _ => db_error(e),
+        })?;
 
     let expected = (
         i64::from(call.is_some()),

@@ -71,3 +71,50 @@ async fn events_are_append_only(pool: PgPool) {
     assert!(delete.unwrap_err().to_string().contains("append-only"));
     assert!(app.event_count().await > 0);
 }
+
+/// Two replicas can draw the same JobId in the same millisecond. Writing a
+/// call whose JobId exists must be a lost race (retried with a new ID),
+/// not an internal error.
+#[sqlx::test]
+async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
+    use ccc_callcontrol::domain::conference::{self, NewCall};
+    use ccc_callcontrol::domain::ids::{InstanceId, JobId, UserId};
+    use ccc_callcontrol::error::Error;
+    use ccc_callcontrol::store::{Store, agents, changes};
+
+    let app = spawn_app(pool).await;
+    let users = app.ready_agents(&["alice", "bob"]).await;
+    let taken = app
+        .start(&users[0].0, &[CUSTOMER])
+        .await
+        .unwrap()
+        .call_context
+        .unwrap()
+        .job_id;
+
+    let store = Store::new(app.pool.clone());
+    let instance = InstanceId::from_trusted(INSTANCE);
+    let bob = UserId::from_trusted(users[1].0.as_str());
+    let mut tx = store.begin_action().await.unwrap();
+    let loaded = agents::load(&mut tx, &instance, &bob, &[]).await.unwrap();
+    let new = NewCall {
+        job_id: JobId::from_trusted(taken),
+        now: 1,
+        timeout_seconds: 30,
+        tags: String::new(),
+    };
+    let decided = conference::start(&loaded.agents[0], &[CUSTOMER.to_owned()], &[], new).unwrap();
+    let event = changes::Event {
+        request_id: "r",
+        action: "StartConference",
+        actor: "test",
+        before: None,
+        after: serde_json::json!({}),
+    };
+
+    let err = changes::apply(&mut tx, &instance, &event, &decided)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::Contended(_)), "{err:?}");
+}
