@@ -45,8 +45,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { token_id, database } => {
             let app = app(&database).await?;
-            let all = app.list_access_tokens(None).await.map_err(explain)?;
-            let Some(found) = all.iter().find(|t| t.token_id == token_id) else {
+            let Some(found) = app.find_access_token(&token_id).await.map_err(explain)? else {
                 bail!("no token {token_id}");
             };
             app.revoke_access_token(&ctx, found.instance_id.as_ref(), &token_id)

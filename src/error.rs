@@ -192,6 +192,13 @@ impl Error {
         }
     }
 
+    pub fn user_not_found(user: impl ToString, instance: impl ToString) -> Self {
+        Self::UserNotFound {
+            user_id: user.to_string(),
+            instance_id: instance.to_string(),
+        }
+    }
+
     /// A state error listing the states that would have been accepted.
     pub fn user_state(actual: &'static str, expected: &[&'static str]) -> Self {
         Self::UserState {

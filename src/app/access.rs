@@ -144,16 +144,8 @@ impl App {
             return Err(Error::InstanceNotFound(instance.to_owned()));
         }
         if !user_exists {
-            return Err(super::conference::user_not_found(
-                record
-                    .user_id
-                    .as_ref()
-                    .expect("only an agent token names a user"),
-                record
-                    .instance_id
-                    .as_ref()
-                    .expect("an agent token has an instance"),
-            ));
+            let user = record.user_id.as_ref().map_or("", |u| u.as_str());
+            return Err(Error::user_not_found(user, instance));
         }
         tracing::info!(token_id = %record.token_id, role = %record.role, instance, "access token created");
         Ok(CreatedToken { record, token })
@@ -188,6 +180,12 @@ impl App {
         self.tokens.forget_token(token_id);
         tracing::info!(token_id, "access token revoked");
         Ok(revoked)
+    }
+
+    /// The token with handle `token_id`, in whatever instance (the command
+    /// line revokes by handle alone).
+    pub async fn find_access_token(&self, token_id: &str) -> Result<Option<TokenRecord>, Error> {
+        tokens::find_by_id(&self.store, token_id).await
     }
 
     pub async fn list_access_tokens(

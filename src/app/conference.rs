@@ -69,7 +69,7 @@ impl App {
             .await?;
         let initiator = loaded
             .agent(&cmd.user_id)
-            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
         let now = now();
         let new = NewCall {
             job_id: JobId::generate(now, rand::random()),
@@ -107,7 +107,7 @@ impl App {
             .await?;
         let leaver = loaded
             .agent(&cmd.user_id)
-            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
         let call = loaded
             .call
             .as_ref()
@@ -119,7 +119,7 @@ impl App {
             return Ok(CallAndAgent {
                 call: call.clone(),
                 agent: leaver.clone(),
-                context_id: loaded.latest_context_id(Some(&cmd.user_id)),
+                context_id: loaded.latest_context_id(),
             });
         };
         let event = change_event(
@@ -178,7 +178,7 @@ impl App {
             store::rollback(tx).await?;
             return Ok(ReportedCall {
                 call: call.clone(),
-                context_id: loaded.latest_context_id(None),
+                context_id: loaded.latest_context_id(),
             });
         };
         let event = change_event(
@@ -227,12 +227,5 @@ impl App {
             return Err(Error::InstanceNotFound(instance.to_string()));
         }
         Ok((tx, loaded))
-    }
-}
-
-pub(super) fn user_not_found(user: &UserId, instance: &InstanceId) -> Error {
-    Error::UserNotFound {
-        user_id: user.to_string(),
-        instance_id: instance.to_string(),
     }
 }

@@ -5,7 +5,6 @@ use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
 use crate::store::{self, status};
 
-use super::conference::user_not_found;
 use super::{App, Before, RequestContext, change_event, persist, retrying};
 
 #[derive(Debug, Clone)]
@@ -37,7 +36,7 @@ impl App {
         }
         let agent = found
             .agent
-            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
         Ok(AgentStatus {
             agent,
             call: found.call,
@@ -64,11 +63,11 @@ impl App {
             .await?;
         let agent = loaded
             .agent(&cmd.user_id)
-            .ok_or_else(|| user_not_found(&cmd.user_id, &cmd.instance_id))?;
+            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
         let ready = agent.ready_for_service(cmd.outbound_scenario)?;
         if &ready == agent {
             store::rollback(tx).await?;
-            return Ok((ready, loaded.context_id(&cmd.user_id)));
+            return Ok((ready, loaded.actor_context_id));
         }
         let changes = Changes::of_agent(ready);
         let before = Before {

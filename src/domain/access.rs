@@ -194,6 +194,21 @@ pub fn token_id(random: [u8; 8]) -> String {
     format!("tok-{}", hex(&random))
 }
 
+/// A TokenId parameter: the shape [`token_id`] makes.
+pub fn parse_token_id(field: &'static str, raw: &str) -> Result<String, ParamViolation> {
+    let digits = raw.strip_prefix("tok-").unwrap_or_default();
+    if raw.trim().is_empty() {
+        Err(ParamViolation::blank(field))
+    } else if digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ParamViolation::invalid(
+            field,
+            "It must be 'tok-' followed by 16 hex digits",
+        ))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -368,6 +383,9 @@ mod tests {
         assert!(AccessToken::parse(&token.reveal().replace("ccc_", "xyz_")).is_none());
         assert_ne!(token.hash(), AccessToken::from_random([0xac; 32]).hash());
         assert_eq!(token_id([1, 2, 3, 4, 5, 6, 7, 8]), "tok-0102030405060708");
+        assert!(parse_token_id("TokenId", "tok-0102030405060708").is_ok());
+        assert!(parse_token_id("TokenId", "tok-12").is_err());
+        assert!(parse_token_id("TokenId", "").is_err());
     }
 
     #[test]

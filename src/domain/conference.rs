@@ -10,6 +10,58 @@ use crate::error::{Error, ParamViolation};
 
 /// The most participants one StartConference may invite.
 pub const MAX_PARTICIPANTS: usize = 8;
+/// How long participants' phones ring when the caller does not say.
+pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
+pub const MAX_TIMEOUT_SECONDS: i32 = 300;
+/// Tags: free text kept with the call, in bytes.
+pub const MAX_TAGS_BYTES: usize = 128;
+/// ReleaseInitiator and ReleaseReason of ReportChannelEvent, in bytes.
+pub const MAX_RELEASE_TEXT_BYTES: usize = 128;
+
+/// TimeoutSeconds of StartConference: 1 to 300, 30 when absent.
+pub fn timeout_seconds(raw: Option<i32>) -> Result<i32, ParamViolation> {
+    match raw {
+        None => Ok(DEFAULT_TIMEOUT_SECONDS),
+        Some(s) if (1..=MAX_TIMEOUT_SECONDS).contains(&s) => Ok(s),
+        Some(s) => Err(ParamViolation::invalid(
+            "TimeoutSeconds",
+            format!("It must be 1 to {MAX_TIMEOUT_SECONDS}, not {s}"),
+        )),
+    }
+}
+
+/// The ChannelState a media plane may report: any a channel can move to
+/// (never NONE, where channels start, nor RETIRED, an archival state).
+pub fn reportable(
+    field: &'static str,
+    state: ChannelState,
+) -> Result<ChannelState, ParamViolation> {
+    if matches!(state, ChannelState::None | ChannelState::Retired) {
+        return Err(ParamViolation::invalid(
+            field,
+            format!(
+                "{state} cannot be reported; report CREATED, RINGING, EARLY_MEDIA, ANSWERED or RELEASED"
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+/// ReleaseInitiator and ReleaseReason describe a release, so they come
+/// only with RELEASED.
+pub fn release_detail_allowed(
+    field: &'static str,
+    state: ChannelState,
+) -> Result<(), ParamViolation> {
+    if state == ChannelState::Released {
+        Ok(())
+    } else {
+        Err(ParamViolation::invalid(
+            field,
+            format!("It may only be given with ChannelState RELEASED, not {state}"),
+        ))
+    }
+}
 
 /// What an action changed. Holds the full new state of the call (when it
 /// changed) and of every agent that changed, so the store can write it all

@@ -9,9 +9,8 @@ use crate::domain::agent::check_mobile;
 use crate::domain::ids::{Extension, InstanceId, LoginName, PhoneNumber, UserId};
 use crate::error::ParamViolation;
 use crate::proto::{self, admin_server::Admin};
-use crate::store::tokens::TokenRecord;
 
-use super::convert::{user_context, work_mode};
+use super::convert::{role, token_info, user_context, work_mode};
 use super::request::{
     acting, authenticate, ok_response, optional, parse_params, request_id, required_text, respond,
     text,
@@ -27,20 +26,6 @@ impl AdminService {
     }
 }
 
-/// The Role parameter of CreateAccessToken.
-fn role(raw: i32) -> Result<Role, ParamViolation> {
-    match proto::AccessRole::try_from(raw) {
-        Ok(proto::AccessRole::Unspecified) => Err(ParamViolation::blank("Role")),
-        Ok(r) => Role::parse(r.as_str_name()).ok_or_else(|| {
-            ParamViolation::invalid("Role", format!("{raw} is not one of its values"))
-        }),
-        Err(_) => Err(ParamViolation::invalid(
-            "Role",
-            format!("{raw} is not one of its values"),
-        )),
-    }
-}
-
 /// The UserId of CreateAccessToken: whether it must be given depends on
 /// the role (`access::check_subject`).
 fn token_user(
@@ -53,43 +38,6 @@ fn token_user(
         access::check_subject(role, true, user.as_ref())?;
     }
     Ok(user)
-}
-
-fn token_id(raw: &str) -> Result<String, ParamViolation> {
-    let digits = raw.strip_prefix("tok-").unwrap_or_default();
-    if raw.trim().is_empty() {
-        Err(ParamViolation::blank("TokenId"))
-    } else if digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(raw.to_owned())
-    } else {
-        Err(ParamViolation::invalid(
-            "TokenId",
-            "It must be 'tok-' followed by 16 hex digits",
-        ))
-    }
-}
-
-fn pb_role(role: Role) -> i32 {
-    proto::AccessRole::from_str_name(role.as_str()).map_or(0, |r| r as i32)
-}
-
-pub fn token_info(t: &TokenRecord) -> proto::AccessTokenInfo {
-    proto::AccessTokenInfo {
-        token_id: t.token_id.clone(),
-        role: pb_role(t.role),
-        instance_id: t
-            .instance_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        user_id: t
-            .user_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        expires_at: t.expires_at.unwrap_or(0),
-        revoked_at: t.revoked_at.unwrap_or(0),
-    }
 }
 
 #[tonic::async_trait]
@@ -191,7 +139,7 @@ impl Admin for AdminService {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
         respond("CreateAccessToken", &id, async {
             let caller = authenticate(&self.app, request.metadata()).await?;
-            let wanted = role(r.role);
+            let wanted = role("Role", r.role);
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
                 role = wanted.clone();
@@ -235,7 +183,7 @@ impl Admin for AdminService {
             let caller = authenticate(&self.app, request.metadata()).await?;
             parse_params! {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                token_id = token_id(&r.token_id);
+                token_id = access::parse_token_id("TokenId", &r.token_id);
             }
             authorize(&caller, Action::RevokeAccessToken, &instance_id)?;
             let revoked = self

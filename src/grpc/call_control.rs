@@ -5,10 +5,9 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{self, App};
 use crate::domain::access::{Action, acting_agent, authorize};
-use crate::domain::conference::parse_participants;
+use crate::domain::conference::{self, parse_participants};
 use crate::domain::ids::{InstanceId, JobId};
 use crate::domain::privacy::mask_participant;
-use crate::error::ParamViolation;
 use crate::proto::{self, call_control_server::CallControl};
 
 use super::convert::{call_context, user_context};
@@ -26,21 +25,6 @@ impl CallControlService {
     }
 }
 
-const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
-const MAX_TIMEOUT_SECONDS: i32 = 300;
-const MAX_TAGS_BYTES: usize = 128;
-
-fn timeout_seconds(raw: Option<i32>) -> Result<i32, ParamViolation> {
-    match raw {
-        None => Ok(DEFAULT_TIMEOUT_SECONDS),
-        Some(s) if (1..=MAX_TIMEOUT_SECONDS).contains(&s) => Ok(s),
-        Some(s) => Err(ParamViolation::invalid(
-            "TimeoutSeconds",
-            format!("It must be 1 to {MAX_TIMEOUT_SECONDS}, not {s}"),
-        )),
-    }
-}
-
 #[tonic::async_trait]
 impl CallControl for CallControlService {
     async fn start_conference(
@@ -54,12 +38,11 @@ impl CallControl for CallControlService {
                 instance_id = InstanceId::parse("InstanceId", &r.instance_id);
                 user_id = optional_user(&r.user_id);
                 participants = parse_participants(&r.participant_list_json);
-                timeout_seconds = timeout_seconds(r.timeout_seconds);
-                tags = text("Tags", &r.tags, MAX_TAGS_BYTES);
+                timeout_seconds = conference::timeout_seconds(r.timeout_seconds);
+                tags = text("Tags", &r.tags, conference::MAX_TAGS_BYTES);
             }
             authorize(&caller, Action::StartConference, &instance_id)?;
             let user_id = acting_agent(&caller, user_id)?;
-            let masked: Vec<String> = participants.iter().map(|p| mask_participant(p)).collect();
             let cmd = app::StartConference {
                 instance_id,
                 user_id,
@@ -68,7 +51,12 @@ impl CallControl for CallControlService {
                 tags,
             };
             let out = self.app.start_conference(&acting(&id, &caller), &cmd).await?;
-            tracing::debug!(job_id = %out.call.job_id, participants = ?masked, "conference started");
+            // Field values are computed only when DEBUG is on.
+            tracing::debug!(
+                job_id = %out.call.job_id,
+                participants = ?cmd.participants.iter().map(|p| mask_participant(p)).collect::<Vec<_>>(),
+                "conference started"
+            );
             Ok(ok_response!(
                 StartConferenceResponse,
                 id,

@@ -1,12 +1,15 @@
 //! Domain values to proto messages and back. The domain's enumeration names
 //! are the proto enum value names, so enums convert by name.
 
+use crate::domain::access::Role;
+use crate::domain::conference;
 use crate::domain::states::{ChannelState, WorkMode};
 use crate::domain::{Agent, Call, Channel};
 use crate::error::ParamViolation;
 use crate::proto;
 use crate::proto::channel_context::ChannelState as PbChannelState;
 use crate::proto::user_context::DeviceState as PbDeviceState;
+use crate::store::tokens::TokenRecord;
 
 /// Converts a domain enum to its proto twin by the shared name. Every
 /// domain name exists in the proto (a unit test checks all of them), so the
@@ -75,39 +78,75 @@ pub fn user_context(a: &Agent) -> proto::UserContext {
     }
 }
 
-/// A WorkMode parameter: unspecified is blank, an unknown number invalid.
-pub fn work_mode(field: &'static str, raw: i32) -> Result<WorkMode, ParamViolation> {
-    match proto::WorkMode::try_from(raw) {
-        Ok(proto::WorkMode::Unspecified) => Err(ParamViolation::blank(field)),
-        Ok(v) => v.as_str_name().parse().map_err(|_| unknown(field, raw)),
-        Err(_) => Err(unknown(field, raw)),
+/// The value name of an enum parameter: `names` maps a raw number to its
+/// proto name (`None` for a number the proto does not define). The
+/// `*_UNSPECIFIED` zero is a blank parameter.
+fn enum_name(
+    field: &'static str,
+    raw: i32,
+    name: Option<&'static str>,
+) -> Result<&'static str, ParamViolation> {
+    match name {
+        Some(n) if n.ends_with("_UNSPECIFIED") => Err(ParamViolation::blank(field)),
+        Some(n) => Ok(n),
+        None => Err(ParamViolation::invalid(
+            field,
+            format!("{raw} is not one of its values"),
+        )),
     }
 }
 
-/// A ChannelState parameter of ReportChannelEvent: one a media plane can
-/// report (not NONE, not RETIRED).
+/// Parses an enum parameter into its domain twin by the shared name.
+macro_rules! from_proto_enum {
+    ($pb:ty, $field:expr, $raw:expr, $parse:expr) => {{
+        let name = enum_name(
+            $field,
+            $raw,
+            <$pb>::try_from($raw).ok().map(|v| v.as_str_name()),
+        )?;
+        $parse(name).ok_or_else(|| {
+            ParamViolation::invalid($field, format!("{} is not one of its values", $raw))
+        })
+    }};
+}
+
+/// A WorkMode parameter.
+pub fn work_mode(field: &'static str, raw: i32) -> Result<WorkMode, ParamViolation> {
+    from_proto_enum!(proto::WorkMode, field, raw, |n: &str| n.parse().ok())
+}
+
+/// A ChannelState parameter of ReportChannelEvent: one a media plane may
+/// report (`conference::reportable`).
 pub fn reported_channel_state(
     field: &'static str,
     raw: i32,
 ) -> Result<ChannelState, ParamViolation> {
-    let state: ChannelState = match PbChannelState::try_from(raw) {
-        Ok(PbChannelState::Unspecified) => return Err(ParamViolation::blank(field)),
-        Ok(v) => v.as_str_name().parse().map_err(|_| unknown(field, raw))?,
-        Err(_) => return Err(unknown(field, raw)),
-    };
-    if matches!(state, ChannelState::None | ChannelState::Retired) {
-        return Err(ParamViolation::invalid(
-            field,
-            format!(
-                "{state} cannot be reported; report CREATED, RINGING, EARLY_MEDIA, ANSWERED or RELEASED"
-            ),
-        ));
-    }
-    Ok(state)
+    let state = from_proto_enum!(PbChannelState, field, raw, |n: &str| n.parse().ok())?;
+    conference::reportable(field, state)
 }
 
-fn unknown(field: &'static str, raw: i32) -> ParamViolation {
-    ParamViolation::invalid(field, format!("{raw} is not one of its values"))
+/// The Role parameter of CreateAccessToken.
+pub fn role(field: &'static str, raw: i32) -> Result<Role, ParamViolation> {
+    from_proto_enum!(proto::AccessRole, field, raw, Role::parse)
+}
+
+pub fn token_info(t: &TokenRecord) -> proto::AccessTokenInfo {
+    proto::AccessTokenInfo {
+        token_id: t.token_id.clone(),
+        role: to_proto_enum!(proto::AccessRole, t.role),
+        instance_id: t
+            .instance_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        user_id: t
+            .user_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        expires_at: t.expires_at.unwrap_or(0),
+        revoked_at: t.revoked_at.unwrap_or(0),
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +186,12 @@ mod tests {
             Err(ParamViolation::blank("WorkMode"))
         );
         assert!(work_mode("WorkMode", 42).is_err());
+        assert_eq!(
+            role("Role", proto::AccessRole::Agent as i32),
+            Ok(Role::Agent)
+        );
+        assert_eq!(role("Role", 0), Err(ParamViolation::blank("Role")));
+        assert!(role("Role", 9).is_err());
         assert!(reported_channel_state("ChannelState", PbChannelState::None as i32).is_err());
         assert!(reported_channel_state("ChannelState", PbChannelState::Retired as i32).is_err());
         assert_eq!(

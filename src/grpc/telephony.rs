@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{self, App};
 use crate::domain::access::{Action, authorize};
+use crate::domain::conference;
 use crate::domain::ids::{ChannelId, InstanceId, JobId};
 use crate::domain::states::ChannelState;
 use crate::error::ParamViolation;
@@ -14,8 +15,6 @@ use super::convert::{call_context, reported_channel_state};
 use super::request::{
     acting, authenticate, ok_response, optional, parse_params, request_id, respond, text,
 };
-
-const MAX_RELEASE_TEXT_BYTES: usize = 128;
 
 pub struct TelephonyService {
     app: App,
@@ -27,20 +26,18 @@ impl TelephonyService {
     }
 }
 
-/// ReleaseInitiator and ReleaseReason belong to a release only.
+/// ReleaseInitiator or ReleaseReason: optional, bounded, and only with a
+/// release (`conference::release_detail_allowed`).
 fn release_detail(
     field: &'static str,
     raw: &str,
     state: Result<ChannelState, &ParamViolation>,
 ) -> Result<Option<String>, ParamViolation> {
-    let value = optional(raw, |s| text(field, s, MAX_RELEASE_TEXT_BYTES))?;
-    match (value, state) {
-        (Some(_), Ok(s)) if s != ChannelState::Released => Err(ParamViolation::invalid(
-            field,
-            format!("It may only be given with ChannelState RELEASED, not {s}"),
-        )),
-        (value, _) => Ok(value),
+    let value = optional(raw, |s| text(field, s, conference::MAX_RELEASE_TEXT_BYTES))?;
+    if let (Some(_), Ok(state)) = (&value, state) {
+        conference::release_detail_allowed(field, state)?;
     }
+    Ok(value)
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@ use crate::domain::Agent;
 use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
-use super::rows::{AgentRow, decode};
+use super::rows::{AgentRow, actor_context_id, decode};
 use super::{Tx, db_error};
 
 /// The agents an action found, locked until the transaction ends.
@@ -14,21 +14,13 @@ pub struct LoadedAgents {
     pub instance_exists: bool,
     /// Ordered by user ID.
     pub agents: Vec<Agent>,
-    context_ids: Vec<i64>,
+    /// The last event that changed the acting agent (0 if it is unknown).
+    pub actor_context_id: i64,
 }
 
 impl LoadedAgents {
     pub fn agent(&self, user: &UserId) -> Option<&Agent> {
         self.agents.iter().find(|a| &a.user_id == user)
-    }
-
-    /// The last event that changed `user`, or 0.
-    pub fn context_id(&self, user: &UserId) -> i64 {
-        self.agents
-            .iter()
-            .zip(&self.context_ids)
-            .find(|(a, _)| &a.user_id == user)
-            .map_or(0, |(_, id)| *id)
     }
 }
 
@@ -64,7 +56,7 @@ pub async fn load(
     let rows: Vec<AgentRow> = decode(agents)?;
     Ok(LoadedAgents {
         instance_exists,
-        context_ids: rows.iter().map(|r| r.context_id).collect(),
+        actor_context_id: actor_context_id(&rows, Some(user)),
         agents: rows.into_iter().map(AgentRow::into_agent).collect(),
     })
 }

@@ -6,7 +6,7 @@ use crate::domain::states::ChannelState;
 use crate::domain::{Agent, Call};
 use crate::error::Error;
 
-use super::rows::{AgentRow, CallRow, ChannelRow, decode};
+use super::rows::{AgentRow, CallRow, ChannelRow, actor_context_id, decode};
 use super::{Tx, db_error};
 
 /// Everything a call action decides on, as of one snapshot, with the call
@@ -20,8 +20,8 @@ pub struct LoadedCall {
     pub agents: Vec<Agent>,
     /// The last event that changed the call.
     pub call_context_id: i64,
-    /// The last event that changed each agent, in `agents` order.
-    pub agent_context_ids: Vec<i64>,
+    /// The last event that changed the acting agent (0 without one).
+    pub actor_context_id: i64,
 }
 
 impl LoadedCall {
@@ -29,17 +29,10 @@ impl LoadedCall {
         self.agents.iter().find(|a| &a.user_id == user)
     }
 
-    /// The latest event that changed the call or `user`.
-    pub fn latest_context_id(&self, user: Option<&UserId>) -> i64 {
-        let agent = self
-            .agents
-            .iter()
-            .zip(&self.agent_context_ids)
-            .filter(|(a, _)| Some(&a.user_id) == user)
-            .map(|(_, id)| *id)
-            .max()
-            .unwrap_or(0);
-        agent.max(self.call_context_id)
+    /// The latest event that changed the call or the acting agent: the
+    /// ContextId of an action that changed nothing.
+    pub fn latest_context_id(&self) -> i64 {
+        self.call_context_id.max(self.actor_context_id)
     }
 }
 
@@ -105,12 +98,11 @@ pub async fn load(
         None => (None, 0),
     };
     let rows: Vec<AgentRow> = decode(agents)?;
-    let agent_context_ids = rows.iter().map(|r| r.context_id).collect();
     Ok(LoadedCall {
         instance_exists,
         call,
+        actor_context_id: actor_context_id(&rows, actor),
         agents: rows.into_iter().map(AgentRow::into_agent).collect(),
         call_context_id,
-        agent_context_ids,
     })
 }

@@ -12,7 +12,7 @@ use crate::error::Error;
 #[derive(Debug, Deserialize)]
 pub(crate) struct AgentRow {
     instance_id: InstanceId,
-    user_id: UserId,
+    pub user_id: UserId,
     extension: Extension,
     device_id: String,
     device_state: DeviceState,
@@ -104,6 +104,13 @@ impl ChannelRow {
             timestamp: self.changed_at,
         }
     }
+}
+
+/// The last event that changed `actor`, among `rows`; 0 if it is not there.
+pub(crate) fn actor_context_id(rows: &[AgentRow], actor: Option<&UserId>) -> i64 {
+    rows.iter()
+        .find(|r| Some(&r.user_id) == actor)
+        .map_or(0, |r| r.context_id)
 }
 
 /// Decodes a JSON value a query built from table rows.

@@ -79,6 +79,18 @@ pub async fn find_by_hash(store: &Store, hash: &[u8; 32]) -> Result<Option<Token
     row.map(record).transpose()
 }
 
+/// The token with handle `token_id`, in whatever instance.
+pub async fn find_by_id(store: &Store, token_id: &str) -> Result<Option<TokenRecord>, Error> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM access_tokens WHERE token_id = $1"
+    ))
+    .bind(token_id)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(db_error)?;
+    row.map(record).transpose()
+}
+
 /// Stores a new token by its hash. For an instance's token it also checks,
 /// in the same statement, that the instance (and for an agent token, the
 /// agent) exists, and appends `event` (an operator's token has no instance
