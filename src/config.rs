@@ -100,21 +100,51 @@ pub struct DatabaseArgs {
 
     /// Most connections this replica keeps open. Size it so that all
     /// replicas together stay under the server's max_connections.
-    #[arg(long, env = "CCC_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "CCC_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_connections: u32,
 
     /// How long a request waits for a free connection before it fails
     /// with ServiceUnavailable, in milliseconds.
-    #[arg(long, env = "CCC_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(long, env = "CCC_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub acquire_timeout_ms: u64,
 
     /// Longest a single SQL statement may run, in milliseconds (0: no
     /// limit); a statement cut off fails with ServiceUnavailable.
-    #[arg(long, env = "CCC_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "CCC_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub statement_timeout_ms: u64,
+
+    /// Longest an action waits for a row another transaction holds, in
+    /// milliseconds; then it fails with ServiceUnavailable. Keep it well
+    /// under the acquire timeout, so one hot row cannot hold the pool.
+    #[arg(long, env = "CCC_DB_LOCK_TIMEOUT_MS", default_value_t = 1500,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub lock_timeout_ms: u64,
+
+    /// At start, how long to keep trying to reach PostgreSQL (with
+    /// backoff) before giving up, in milliseconds (0: try once).
+    #[arg(long, env = "CCC_DB_CONNECT_WAIT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub connect_wait_ms: u64,
 }
 
 impl DatabaseArgs {
+    /// The defaults (and any `CCC_DB_…` variables set) for `url`: what
+    /// tests and tools connect with.
+    pub fn for_url(url: impl Into<String>) -> Self {
+        let mut args = Cli::try_parse_from(["ccc-callcontrol", "migrate"])
+            .ok()
+            .and_then(|cli| match cli.command {
+                Command::Migrate(args) => Some(args),
+                _ => None,
+            })
+            .expect("the defaults parse");
+        args.database_url = url.into();
+        args
+    }
+
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
     }
@@ -154,6 +184,45 @@ pub struct ServeArgs {
     #[arg(long, env = "CCC_TOKEN_CACHE_MS", default_value_t = 2000)]
     pub token_cache_ms: u64,
 
+    /// The deadline of a request that comes without `grpc-timeout`, in
+    /// milliseconds. A shorter `grpc-timeout` wins.
+    #[arg(long, env = "CCC_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Longest one unit of database work (begin to commit) may take once
+    /// it has a connection, in milliseconds; a database that stops
+    /// answering costs a request at most this (plus the acquire timeout)
+    /// before ServiceUnavailable.
+    #[arg(long, env = "CCC_DB_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub db_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests and units of work
+    /// may take to finish, in milliseconds; then the rest are rolled back
+    /// (their connections closed) and the process exits.
+    #[arg(long, env = "CCC_SHUTDOWN_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_timeout_ms: u64,
+
+    /// Most requests this replica serves at once; beyond it a request is
+    /// refused at once with UNAVAILABLE / Throttling (retryable).
+    #[arg(long, env = "CCC_MAX_CONCURRENT_REQUESTS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+
+    /// Most concurrent streams (calls) one client connection may open
+    /// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "CCC_MAX_STREAMS_PER_CONNECTION", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Largest encoded request accepted, in bytes; a larger one gets
+    /// RESOURCE_EXHAUSTED / Request.TooLarge.
+    #[arg(long, env = "CCC_MAX_REQUEST_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_request_bytes: u32,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -178,6 +247,23 @@ mod tests {
         assert_eq!(args.database.max_connections, 16);
         assert!(args.tls_cert.is_none() && !args.disable_reflection);
         assert_eq!(args.token_cache_ms, 2000);
+    }
+
+    #[test]
+    fn bad_limits_fail_at_start_naming_the_flag() {
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--acquire-timeout-ms", "0"),
+            ("--lock-timeout-ms", "0"),
+            ("--max-request-bytes", "10"),
+            ("--max-concurrent-requests", "0"),
+            ("--db-timeout-ms", "-1"),
+        ] {
+            let err = Cli::try_parse_from(["ccc-callcontrol", "serve", flag, value])
+                .expect_err(flag)
+                .to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -116,6 +116,29 @@ pub enum Error {
         instance_id: String,
     },
 
+    /// The request's bytes are not a valid message of its type (bad wire
+    /// format, invalid UTF-8). The decoder's own words are logged only.
+    #[error("The request could not be decoded as a {0} message.")]
+    Malformed(&'static str),
+
+    /// The encoded request is larger than this service accepts.
+    #[error("The request is larger than the limit of {limit} bytes.")]
+    TooLarge { limit: usize },
+
+    /// The caller's deadline (or the server's default one) passed before an
+    /// answer was ready. Work that had started may still have committed.
+    #[error("The request did not finish before its deadline.")]
+    DeadlineExceeded,
+
+    /// This replica is at its limit of concurrent requests. Retryable.
+    #[error("The service is busy. Please try again later.")]
+    Throttled,
+
+    /// The idempotency key was used before, by the same caller and method,
+    /// with a different request.
+    #[error("The idempotency key was already used with different parameters.")]
+    IdempotentParameterMismatch,
+
     /// The database could not be reached or did not answer in time. Retryable.
     #[error("The service is temporarily unavailable. Please try again later.")]
     Unavailable(#[source] anyhow::Error),
@@ -163,6 +186,11 @@ impl Error {
             Self::DuplicatedInstance(_) => "Duplicated.InstanceId",
             Self::DuplicatedLoginName { .. } => "Duplicated.LoginName",
             Self::DuplicatedExtension { .. } => "Duplicated.Extension",
+            Self::Malformed(_) => "Request.Malformed",
+            Self::TooLarge { .. } => "Request.TooLarge",
+            Self::DeadlineExceeded => "Request.DeadlineExceeded",
+            Self::Throttled => "Throttling",
+            Self::IdempotentParameterMismatch => "IdempotentParameterMismatch",
             Self::Unavailable(_) | Self::Contended(_) => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
         }
@@ -176,7 +204,12 @@ impl Error {
             | Self::NotInConference { .. }
             | Self::UserState { .. }
             | Self::ChannelState { .. }
-            | Self::UserBusy(_) => 400,
+            | Self::UserBusy(_)
+            | Self::Malformed(_)
+            | Self::IdempotentParameterMismatch => 400,
+            Self::TooLarge { .. } => 413,
+            Self::DeadlineExceeded => 504,
+            Self::Throttled => 503,
             Self::Unauthenticated => 401,
             Self::PermissionDenied(_) => 403,
             Self::InstanceNotFound(_)

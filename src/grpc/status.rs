@@ -14,7 +14,11 @@ pub const ERROR_DOMAIN: &str = "ccc.v20200701";
 
 pub fn grpc_code(e: &Error) -> Code {
     match e {
-        Error::Parameters(_) => Code::InvalidArgument,
+        Error::Parameters(_) | Error::Malformed(_) => Code::InvalidArgument,
+        Error::TooLarge { .. } => Code::ResourceExhausted,
+        Error::DeadlineExceeded => Code::DeadlineExceeded,
+        Error::IdempotentParameterMismatch => Code::FailedPrecondition,
+        Error::Throttled => Code::Unavailable,
         Error::Unauthenticated => Code::Unauthenticated,
         Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::InstanceNotFound(_)
