@@ -41,6 +41,12 @@ async fn main() -> anyhow::Result<()> {
                 reflection: !args.disable_reflection,
                 health: !args.disable_health,
                 token_cache_ttl: Duration::from_millis(args.token_cache_ms),
+                request_timeout: Duration::from_millis(args.request_timeout_ms),
+                db_timeout: Duration::from_millis(args.db_timeout_ms),
+                shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+                max_concurrent_requests: args.max_concurrent_requests as usize,
+                max_streams_per_connection: args.max_streams_per_connection,
+                max_request_bytes: args.max_request_bytes as usize,
             };
             let pool = prepare_database(&args.database).await?;
             let app = Application::bind(args.listen, pool, options).await?;

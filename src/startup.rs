@@ -108,6 +108,18 @@ pub struct ServeOptions {
     pub health: bool,
     /// How long a token lookup is remembered (zero: not at all).
     pub token_cache_ttl: Duration,
+    /// The deadline of a request without `grpc-timeout`.
+    pub request_timeout: Duration,
+    /// Longest one unit of database work may take once it has a connection.
+    pub db_timeout: Duration,
+    /// After the shutdown signal, how long in-flight work may take.
+    pub shutdown_timeout: Duration,
+    /// Most requests served at once; beyond it requests are shed.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per client connection.
+    pub max_streams_per_connection: u32,
+    /// Largest encoded request accepted, in bytes.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -117,6 +129,12 @@ impl Default for ServeOptions {
             reflection: true,
             health: true,
             token_cache_ttl: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            db_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(15),
+            max_concurrent_requests: 512,
+            max_streams_per_connection: 128,
+            max_request_bytes: 64 * 1024,
         }
     }
 }
