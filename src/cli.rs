@@ -19,10 +19,7 @@ use crate::store::Store;
 const ACTOR: &str = "cli";
 
 pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
-    let ctx = RequestContext {
-        request_id: uuid::Uuid::new_v4().to_string().to_uppercase(),
-        actor: ACTOR.to_owned(),
-    };
+    let ctx = RequestContext::local(&uuid::Uuid::new_v4().to_string().to_uppercase(), ACTOR);
     match command {
         TokenCommand::Create(args) => {
             let cmd = create_command(&args)?;
@@ -45,10 +42,14 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { token_id, database } => {
             let app = app(&database).await?;
-            let Some(found) = app.find_access_token(&token_id).await.map_err(explain)? else {
+            let Some(found) = app
+                .find_access_token(&ctx, &token_id)
+                .await
+                .map_err(explain)?
+            else {
                 bail!("no token {token_id}");
             };
-            app.revoke_access_token(&ctx, found.instance_id.as_ref(), &token_id)
+            app.revoke_access_token(&ctx, found.instance_id.as_ref(), &token_id, None)
                 .await
                 .map_err(explain)?;
             eprintln!("revoked {token_id}");
@@ -61,7 +62,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
             let app = app(&database).await?;
             println!("TOKEN_ID\tROLE\tINSTANCE\tUSER\tCREATED_AT\tEXPIRES_AT\tREVOKED_AT");
             for t in app
-                .list_access_tokens(instance.as_ref())
+                .list_access_tokens(&ctx, instance.as_ref())
                 .await
                 .map_err(explain)?
             {

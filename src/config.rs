@@ -257,7 +257,8 @@ mod tests {
             ("--lock-timeout-ms", "0"),
             ("--max-request-bytes", "10"),
             ("--max-concurrent-requests", "0"),
-            ("--db-timeout-ms", "-1"),
+            ("--db-timeout-ms", "0"),
+            ("--request-timeout-ms", "soon"),
         ] {
             let err = Cli::try_parse_from(["ccc-callcontrol", "serve", flag, value])
                 .expect_err(flag)

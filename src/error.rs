@@ -39,6 +39,21 @@ impl ParamViolation {
     }
 }
 
+/// How many characters of a caller's value an error message repeats.
+pub const ECHO_CHARS: usize = 32;
+
+/// A caller-supplied value as an error message repeats it: quoted, control
+/// characters escaped, and cut after [`ECHO_CHARS`] characters (on a
+/// character boundary, "…" marking the cut). Every message that quotes what
+/// the caller sent goes through here, so a 1 MB value cannot come back as a
+/// 1 MB status message.
+pub fn echo(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// One or more bad parameters, in the order the request documents them.
@@ -300,6 +315,19 @@ mod tests {
             ParamViolation::invalid("JobId", "bad"),
         ]);
         assert_eq!(mixed.code(), "Parameter.Blank");
+    }
+
+    #[test]
+    fn echoes_are_quoted_escaped_and_cut_on_a_character_boundary() {
+        assert_eq!(echo("8002"), r#""8002""#);
+        assert_eq!(echo("a\0b"), r#""a\0b""#);
+        let long = "é".repeat(10_000);
+        let echoed = echo(&long);
+        assert_eq!(echoed, format!("{:?}…", "é".repeat(ECHO_CHARS)));
+        assert_eq!(
+            echo(&"x".repeat(ECHO_CHARS)),
+            format!("{:?}", "x".repeat(ECHO_CHARS))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::app::{App, TokenCache};
+use crate::app::{App, Limits, TokenCache};
 use crate::config::DatabaseArgs;
 use crate::store::Store;
 
@@ -25,13 +25,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Creates the database if it is missing, connects, and applies pending
 /// migrations. Replicas may run this at the same time: sqlx serializes
-/// migrations with an advisory lock.
+/// migrations with an advisory lock. A database that does not answer yet
+/// (replicas often start before it) is retried with backoff for up to
+/// `--connect-wait-ms`.
 pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let url = &args.database_url;
-    if !Postgres::database_exists(url)
-        .await
-        .context("Failed to reach PostgreSQL")?
-    {
+    let options = PgConnectOptions::from_str(url).context("Invalid database URL")?;
+    let exists = wait_for_database(args).await?;
+    if !exists {
         // Two replicas may race to create it; losing that race is fine.
         if let Err(e) = Postgres::create_database(url).await
             && !Postgres::database_exists(url).await.unwrap_or(false)
@@ -40,20 +41,72 @@ pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         }
         tracing::info!("created the database");
     }
-    let mut options = PgConnectOptions::from_str(url).context("Invalid database URL")?;
-    if args.statement_timeout_ms > 0 {
-        options = options.options([("statement_timeout", args.statement_timeout_ms.to_string())]);
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(args.max_connections)
-        .acquire_timeout(args.acquire_timeout())
-        .connect_with(options)
+    let pool = connect_pool(options, args)
         .await
         .context("Failed to connect to the database")?;
     MIGRATOR
         .run(&pool)
         .await
         .context("Failed to apply migrations")?;
+    Ok(pool)
+}
+
+/// Whether the database exists, once the server answers at all.
+async fn wait_for_database(args: &DatabaseArgs) -> anyhow::Result<bool> {
+    let give_up = Instant::now() + Duration::from_millis(args.connect_wait_ms);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::time::timeout(
+            args.acquire_timeout(),
+            Postgres::database_exists(&args.database_url),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|found| found.map_err(anyhow::Error::from));
+        match attempt {
+            Ok(exists) => return Ok(exists),
+            Err(e) if Instant::now() + pause < give_up => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "PostgreSQL does not answer yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("Failed to reach PostgreSQL"),
+        }
+    }
+}
+
+/// How long PostgreSQL lets a session sit idle inside a transaction before
+/// it ends the session. Our units never pause mid-transaction for more than
+/// a retry's back-off, so this only ever ends a transaction something else
+/// left open, and its locks with it.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A pool on `options` with the service's session settings and limits:
+/// statement and lock timeouts, the idle-in-transaction timeout, and a
+/// check that each connection handed out is outside any transaction (in
+/// place of sqlx's ping, see `store::is_outside_transaction`). Tests build
+/// their pools with this too, over their own databases.
+pub async fn connect_pool(
+    options: PgConnectOptions,
+    args: &DatabaseArgs,
+) -> anyhow::Result<PgPool> {
+    let mut settings = vec![
+        ("lock_timeout", args.lock_timeout_ms.to_string()),
+        (
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string(),
+        ),
+    ];
+    if args.statement_timeout_ms > 0 {
+        settings.push(("statement_timeout", args.statement_timeout_ms.to_string()));
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(args.max_connections)
+        .acquire_timeout(args.acquire_timeout())
+        .test_before_acquire(false)
+        .before_acquire(|conn, _meta| Box::pin(crate::store::is_outside_transaction(conn)))
+        .connect_with(options.options(settings))
+        .await?;
     Ok(pool)
 }
 
@@ -156,7 +209,16 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("Failed to listen on {listen}"))?;
-        let app = App::new(Store::new(pool), TokenCache::new(options.token_cache_ttl));
+        let limits = Limits {
+            request_timeout: options.request_timeout,
+            db_timeout: options.db_timeout,
+            max_concurrent_requests: options.max_concurrent_requests,
+        };
+        let app = App::with_limits(
+            Store::new(pool),
+            TokenCache::new(options.token_cache_ttl),
+            &limits,
+        );
         Ok(Self {
             listener,
             app,
@@ -176,22 +238,89 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests
-    /// finish.
+    /// Serves until `shutdown` completes, then lets in-flight requests and
+    /// units of work finish, for at most the shutdown timeout: past it the
+    /// rest are dropped, and PostgreSQL rolls back whatever they had not
+    /// committed when their connections close.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let options = &self.options;
-        let routes = crate::grpc::routes(self.app, options.reflection, options.health).await?;
-        let mut server = tonic::transport::Server::builder();
+        let routes = crate::grpc::routes(
+            self.app.clone(),
+            options.reflection,
+            options.health,
+            options.max_request_bytes,
+        )
+        .await?;
+        let mut server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(options.max_streams_per_connection));
         if let Some(tls) = &options.tls {
             server = server
                 .tls_config(tls.server_config())
                 .context("Invalid TLS configuration")?;
         }
-        server
+        let purge = tokio::spawn(purge_idempotency_keys(self.app.clone()));
+
+        let (signalled, mut signalled_at) = tokio::sync::watch::channel(None::<Instant>);
+        let signal = async move {
+            shutdown.await;
+            let _ = signalled.send(Some(Instant::now()));
+        };
+        let timeout = options.shutdown_timeout;
+        let signal_time = signalled_at.clone();
+        let hard_deadline = async move {
+            match signalled_at.wait_for(Option::is_some).await.map(|at| *at) {
+                Ok(Some(at)) => tokio::time::sleep_until((at + timeout).into()).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let serve = server
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(self.listener), signal);
+        let served = tokio::select! {
+            served = serve => served.context("The gRPC server failed"),
+            () = hard_deadline => {
+                tracing::warn!("requests still in flight at the shutdown deadline; dropping them");
+                Ok(())
+            }
+        };
+        purge.abort();
+        // The units get what is left of the shutdown timeout.
+        let signalled = *signal_time.borrow();
+        let deadline = signalled.map_or_else(Instant::now, |at| at + timeout);
+        let abandoned = self.app.finish_units(deadline).await;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "units of work still running at the shutdown deadline; rolling them back"
+            );
+        }
+        // Closing waits for connections still checked out: bounded, as a
+        // silent database could hold them for good.
+        let pool = self.app.store().pool();
+        if tokio::time::timeout(Duration::from_secs(1), pool.close())
             .await
-            .context("The gRPC server failed")
+            .is_err()
+        {
+            tracing::warn!("closing the database pool timed out");
+        }
+        served
+    }
+}
+
+/// How long idempotency keys are kept: the contract promises 24 hours.
+const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
+
+/// Purges expired idempotency keys now and then. Every replica does it;
+/// the deletes are idempotent and cheap when there is nothing to purge.
+async fn purge_idempotency_keys(app: App) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        every.tick().await;
+        match app.purge_idempotency_keys(IDEMPOTENCY_RETENTION).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "failed to purge idempotency keys"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sqlx::PgConnection;
 
 use crate::domain::access::{self, AccessToken, Caller, Role, TokenGrant};
 use crate::domain::ids::{InstanceId, UserId};
@@ -14,7 +15,8 @@ use crate::store::changes::Event;
 use crate::store::provisioning;
 use crate::store::tokens::{self, TokenRecord};
 
-use super::{App, RequestContext, now};
+use super::unit::Lane;
+use super::{App, Done, Idempotent, RequestContext, now, shared};
 
 /// Most tokens remembered at once; the cache is emptied when full.
 const CACHE_CAPACITY: usize = 10_000;
@@ -89,8 +91,13 @@ pub struct CreatedToken {
 }
 
 impl App {
-    /// Who holds `bearer`, if it is a live token.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, Error> {
+    /// Who holds `bearer`, if it is a live token. A lookup that misses the
+    /// cache draws on the lookups' share of the pool (see `unit`).
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Caller, Error> {
         let token = bearer
             .and_then(AccessToken::parse)
             .ok_or(Error::Unauthenticated)?;
@@ -98,7 +105,10 @@ impl App {
         let grant = match self.tokens.get(&hash) {
             Some(cached) => cached,
             None => {
-                let found = tokens::find_by_hash(&self.store, &hash)
+                let found = self
+                    .statement("Authenticate", Lane::Lookup, deadline, move |conn| {
+                        Box::pin(async move { tokens::find_by_hash(conn, &hash).await })
+                    })
                     .await?
                     .map(|r| r.grant());
                 self.tokens.put(hash, found.clone());
@@ -113,42 +123,25 @@ impl App {
         Ok(caller.clone())
     }
 
+    /// Creates a token. It takes no idempotency key: its response carries
+    /// the secret, which is never stored.
     pub async fn create_access_token(
         &self,
         ctx: &RequestContext,
         cmd: &CreateAccessToken,
     ) -> Result<CreatedToken, Error> {
-        let token = AccessToken::from_random(rand::random());
-        let now = now();
-        let record = TokenRecord {
-            token_id: access::token_id(rand::random()),
-            role: cmd.role,
-            instance_id: cmd.instance_id.clone(),
-            user_id: cmd.user_id.clone(),
-            created_at: now,
-            created_by: ctx.actor.clone(),
-            expires_at: cmd.expires_in_seconds.map(|s| now + s * 1000),
-            revoked_at: None,
-        };
-        let event = Event {
-            request_id: &ctx.request_id,
-            action: "CreateAccessToken",
-            actor: &ctx.actor,
-            before: None,
-            after: token_json(&record),
-        };
-        let (instance_exists, user_exists) =
-            tokens::insert(&self.store, &record, &token.hash(), &event).await?;
+        let job = shared(ctx, cmd);
+        let created = self
+            .write("CreateAccessToken", ctx.deadline, None, move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_create_access_token(conn, &job.0, &job.1).await })
+            })
+            .await?
+            .fresh()?;
+        let record = &created.record;
         let instance = record.instance_id.as_ref().map_or("", |i| i.as_str());
-        if !instance_exists {
-            return Err(Error::InstanceNotFound(instance.to_owned()));
-        }
-        if !user_exists {
-            let user = record.user_id.as_ref().map_or("", |u| u.as_str());
-            return Err(Error::user_not_found(user, instance));
-        }
         tracing::info!(token_id = %record.token_id, role = %record.role, instance, "access token created");
-        Ok(CreatedToken { record, token })
+        Ok(created)
     }
 
     /// Revokes token `token_id` of `instance` (`None`: an operator's).
@@ -158,42 +151,113 @@ impl App {
         ctx: &RequestContext,
         instance: Option<&InstanceId>,
         token_id: &str,
-    ) -> Result<TokenRecord, Error> {
-        if let Some(id) = instance
-            && !provisioning::instance_exists(&self.store, id).await?
-        {
-            return Err(Error::InstanceNotFound(id.to_string()));
-        }
-        let event = Event {
-            request_id: &ctx.request_id,
-            action: "RevokeAccessToken",
-            actor: &ctx.actor,
-            before: None,
-            after: json!({ "token_id": token_id }),
-        };
-        let revoked = tokens::revoke(&self.store, instance, token_id, now(), &event)
-            .await?
-            .ok_or_else(|| Error::TokenNotFound {
-                token_id: token_id.to_owned(),
-                instance_id: instance.map_or("", |i| i.as_str()).to_owned(),
-            })?;
+        idempotent: Option<Idempotent<TokenRecord>>,
+    ) -> Result<Done<TokenRecord>, Error> {
+        let job = shared(ctx, &(instance.cloned(), token_id.to_owned()));
+        let done = self
+            .write("RevokeAccessToken", ctx.deadline, idempotent, move |conn| {
+                let job = job.clone();
+                Box::pin(async move {
+                    let (ctx, (instance, token_id)) = &*job;
+                    try_revoke_access_token(conn, ctx, instance.as_ref(), token_id).await
+                })
+            })
+            .await?;
         self.tokens.forget_token(token_id);
         tracing::info!(token_id, "access token revoked");
-        Ok(revoked)
+        Ok(done)
     }
 
     /// The token with handle `token_id`, in whatever instance (the command
     /// line revokes by handle alone).
-    pub async fn find_access_token(&self, token_id: &str) -> Result<Option<TokenRecord>, Error> {
-        tokens::find_by_id(&self.store, token_id).await
+    pub async fn find_access_token(
+        &self,
+        ctx: &RequestContext,
+        token_id: &str,
+    ) -> Result<Option<TokenRecord>, Error> {
+        let token_id = token_id.to_owned();
+        self.statement("FindAccessToken", Lane::Read, ctx.deadline, move |conn| {
+            let token_id = token_id.clone();
+            Box::pin(async move { tokens::find_by_id(conn, &token_id).await })
+        })
+        .await
     }
 
     pub async fn list_access_tokens(
         &self,
+        ctx: &RequestContext,
         instance: Option<&InstanceId>,
     ) -> Result<Vec<TokenRecord>, Error> {
-        tokens::list(&self.store, instance).await
+        let instance = instance.cloned();
+        self.statement("ListAccessTokens", Lane::Read, ctx.deadline, move |conn| {
+            let instance = instance.clone();
+            Box::pin(async move { tokens::list(conn, instance.as_ref()).await })
+        })
+        .await
     }
+}
+
+async fn try_create_access_token(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    cmd: &CreateAccessToken,
+) -> Result<CreatedToken, Error> {
+    let token = AccessToken::from_random(rand::random());
+    let now = now();
+    let record = TokenRecord {
+        token_id: access::token_id(rand::random()),
+        role: cmd.role,
+        instance_id: cmd.instance_id.clone(),
+        user_id: cmd.user_id.clone(),
+        created_at: now,
+        created_by: ctx.actor.clone(),
+        expires_at: cmd.expires_in_seconds.map(|s| now + s * 1000),
+        revoked_at: None,
+    };
+    let event = Event {
+        request_id: &ctx.request_id,
+        action: "CreateAccessToken",
+        actor: &ctx.actor,
+        before: None,
+        after: token_json(&record),
+    };
+    let (instance_exists, user_exists) =
+        tokens::insert(conn, &record, &token.hash(), &event).await?;
+    let instance = record.instance_id.as_ref().map_or("", |i| i.as_str());
+    if !instance_exists {
+        return Err(Error::InstanceNotFound(instance.to_owned()));
+    }
+    if !user_exists {
+        let user = record.user_id.as_ref().map_or("", |u| u.as_str());
+        return Err(Error::user_not_found(user, instance));
+    }
+    Ok(CreatedToken { record, token })
+}
+
+async fn try_revoke_access_token(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    instance: Option<&InstanceId>,
+    token_id: &str,
+) -> Result<TokenRecord, Error> {
+    if let Some(id) = instance
+        && !provisioning::instance_exists(conn, id).await?
+    {
+        return Err(Error::InstanceNotFound(id.to_string()));
+    }
+    let event = Event {
+        request_id: &ctx.request_id,
+        action: "RevokeAccessToken",
+        actor: &ctx.actor,
+        before: None,
+        after: json!({ "token_id": token_id }),
+    };
+    tokens::revoke(conn, instance, token_id, now(), &event)
+        .await?
+        .ok_or_else(|| Error::TokenNotFound {
+            token_id: token_id.to_owned(),
+            instance_id: instance.map_or("", |i| i.as_str()).to_owned(),
+        })
 }
 
 /// A token as events record it: no secret, no hash.

@@ -3,12 +3,15 @@
 use crate::domain::conference::{self, NewCall};
 use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
+use sqlx::PgConnection;
+
 use crate::error::Error;
 use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
-use crate::store::{self, Tx};
 
-use super::{App, Before, CallAndAgent, RequestContext, change_event, now, persist, retrying};
+use super::{
+    App, Before, CallAndAgent, Done, Idempotent, RequestContext, change_event, now, persist, shared,
+};
 
 #[derive(Debug, Clone)]
 pub struct StartConference {
@@ -49,183 +52,193 @@ impl App {
         &self,
         ctx: &RequestContext,
         cmd: &StartConference,
-    ) -> Result<CallAndAgent, Error> {
-        retrying("StartConference", || self.try_start_conference(ctx, cmd)).await
-    }
-
-    async fn try_start_conference(
-        &self,
-        ctx: &RequestContext,
-        cmd: &StartConference,
-    ) -> Result<CallAndAgent, Error> {
-        // Only entries shaped like an extension can name an agent.
-        let extensions: Vec<Extension> = cmd
-            .participants
-            .iter()
-            .filter_map(|p| Extension::recognize(p))
-            .collect();
-        let (tx, loaded) = self
-            .open_agents(&cmd.instance_id, &cmd.user_id, &extensions)
-            .await?;
-        let initiator = loaded
-            .agent(&cmd.user_id)
-            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
-        let now = now();
-        let new = NewCall {
-            job_id: JobId::generate(now, rand::random()),
-            now,
-            timeout_seconds: cmd.timeout_seconds,
-            tags: cmd.tags.clone(),
-        };
-        let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
-        let event = change_event(ctx, "StartConference", None, &changes);
-        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
-        let agent = changes.agent_after(initiator).clone();
-        let call = changes.call.expect("a started conference is a call");
-        Ok(CallAndAgent {
-            call,
-            agent,
-            context_id,
+        idempotent: Option<Idempotent<CallAndAgent>>,
+    ) -> Result<Done<CallAndAgent>, Error> {
+        let job = shared(ctx, cmd);
+        self.write("StartConference", ctx.deadline, idempotent, move |conn| {
+            let job = job.clone();
+            Box::pin(async move { try_start_conference(conn, &job.0, &job.1).await })
         })
+        .await
     }
 
     pub async fn end_conference(
         &self,
         ctx: &RequestContext,
         cmd: &EndConference,
-    ) -> Result<CallAndAgent, Error> {
-        retrying("EndConference", || self.try_end_conference(ctx, cmd)).await
-    }
-
-    async fn try_end_conference(
-        &self,
-        ctx: &RequestContext,
-        cmd: &EndConference,
-    ) -> Result<CallAndAgent, Error> {
-        let (tx, loaded) = self
-            .open_call(&cmd.instance_id, &cmd.job_id, Some(&cmd.user_id))
-            .await?;
-        let leaver = loaded
-            .agent(&cmd.user_id)
-            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
-        let call = loaded
-            .call
-            .as_ref()
-            .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
-
-        let Some(changes) = conference::leave(call, &loaded.agents, leaver, now())? else {
-            // Already left: a retry. Nothing to write; report what is.
-            store::rollback(tx).await?;
-            return Ok(CallAndAgent {
-                call: call.clone(),
-                agent: leaver.clone(),
-                context_id: loaded.latest_context_id(),
-            });
-        };
-        let event = change_event(
-            ctx,
-            "EndConference",
-            Some(Before {
-                call: Some(call),
-                agents: &loaded.agents,
-            }),
-            &changes,
-        );
-        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
-        let agent = changes.agent_after(leaver).clone();
-        let call = changes.call.expect("leaving changes the call");
-        Ok(CallAndAgent {
-            call,
-            agent,
-            context_id,
+        idempotent: Option<Idempotent<CallAndAgent>>,
+    ) -> Result<Done<CallAndAgent>, Error> {
+        let job = shared(ctx, cmd);
+        self.write("EndConference", ctx.deadline, idempotent, move |conn| {
+            let job = job.clone();
+            Box::pin(async move { try_end_conference(conn, &job.0, &job.1).await })
         })
+        .await
     }
 
     pub async fn report_channel_event(
         &self,
         ctx: &RequestContext,
         cmd: &ReportChannelEvent,
-    ) -> Result<ReportedCall, Error> {
-        retrying("ReportChannelEvent", || {
-            self.try_report_channel_event(ctx, cmd)
-        })
-        .await
-    }
-
-    async fn try_report_channel_event(
-        &self,
-        ctx: &RequestContext,
-        cmd: &ReportChannelEvent,
-    ) -> Result<ReportedCall, Error> {
-        let (tx, loaded) = self.open_call(&cmd.instance_id, &cmd.job_id, None).await?;
-        let call = loaded
-            .call
-            .as_ref()
-            .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
-        let release_by = (
-            cmd.release_initiator.as_deref(),
-            cmd.release_reason.as_deref(),
-        );
-        let Some(changes) = conference::report(
-            call,
-            &loaded.agents,
-            &cmd.channel_id,
-            cmd.state,
-            release_by,
-            now(),
-        )?
-        else {
-            store::rollback(tx).await?;
-            return Ok(ReportedCall {
-                call: call.clone(),
-                context_id: loaded.latest_context_id(),
-            });
-        };
-        let event = change_event(
-            ctx,
+        idempotent: Option<Idempotent<ReportedCall>>,
+    ) -> Result<Done<ReportedCall>, Error> {
+        let job = shared(ctx, cmd);
+        self.write(
             "ReportChannelEvent",
-            Some(Before {
-                call: Some(call),
-                agents: &loaded.agents,
-            }),
-            &changes,
-        );
-        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
-        let call = changes.call.expect("a channel event changes the call");
-        Ok(ReportedCall { call, context_id })
+            ctx.deadline,
+            idempotent,
+            move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_report_channel_event(conn, &job.0, &job.1).await })
+            },
+        )
+        .await
     }
 }
 
-impl App {
-    /// Opens a call action's transaction and loads (locking) the call, its
-    /// channels and agents, and `actor`; fails if the instance is unknown.
-    async fn open_call(
-        &self,
-        instance: &InstanceId,
-        job: &JobId,
-        actor: Option<&UserId>,
-    ) -> Result<(Tx, LoadedCall), Error> {
-        let mut tx = self.store.begin_action().await?;
-        let loaded = calls::load(&mut tx, instance, job, actor).await?;
-        if !loaded.instance_exists {
-            return Err(Error::InstanceNotFound(instance.to_string()));
-        }
-        Ok((tx, loaded))
-    }
+async fn try_start_conference(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    cmd: &StartConference,
+) -> Result<CallAndAgent, Error> {
+    // Only entries shaped like an extension can name an agent.
+    let extensions: Vec<Extension> = cmd
+        .participants
+        .iter()
+        .filter_map(|p| Extension::recognize(p))
+        .collect();
+    let loaded = open_agents(conn, &cmd.instance_id, &cmd.user_id, &extensions).await?;
+    let initiator = loaded
+        .agent(&cmd.user_id)
+        .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
+    let now = now();
+    let new = NewCall {
+        job_id: JobId::generate(now, rand::random()),
+        now,
+        timeout_seconds: cmd.timeout_seconds,
+        tags: cmd.tags.clone(),
+    };
+    let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
+    let event = change_event(ctx, "StartConference", None, &changes);
+    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let agent = changes.agent_after(initiator).clone();
+    let call = changes.call.expect("a started conference is a call");
+    Ok(CallAndAgent {
+        call,
+        agent,
+        context_id,
+    })
+}
 
-    /// Opens an agent action's transaction and loads (locking) `user` and
-    /// the agents with `extensions`; fails if the instance is unknown.
-    pub(super) async fn open_agents(
-        &self,
-        instance: &InstanceId,
-        user: &UserId,
-        extensions: &[Extension],
-    ) -> Result<(Tx, LoadedAgents), Error> {
-        let mut tx = self.store.begin_action().await?;
-        let loaded = agents::load(&mut tx, instance, user, extensions).await?;
-        if !loaded.instance_exists {
-            return Err(Error::InstanceNotFound(instance.to_string()));
-        }
-        Ok((tx, loaded))
+async fn try_end_conference(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    cmd: &EndConference,
+) -> Result<CallAndAgent, Error> {
+    let loaded = open_call(conn, &cmd.instance_id, &cmd.job_id, Some(&cmd.user_id)).await?;
+    let leaver = loaded
+        .agent(&cmd.user_id)
+        .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
+    let call = loaded
+        .call
+        .as_ref()
+        .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+
+    let Some(changes) = conference::leave(call, &loaded.agents, leaver, now())? else {
+        // Already left: a retry. Nothing to write; report what is.
+        return Ok(CallAndAgent {
+            call: call.clone(),
+            agent: leaver.clone(),
+            context_id: loaded.latest_context_id(),
+        });
+    };
+    let event = change_event(
+        ctx,
+        "EndConference",
+        Some(Before {
+            call: Some(call),
+            agents: &loaded.agents,
+        }),
+        &changes,
+    );
+    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let agent = changes.agent_after(leaver).clone();
+    let call = changes.call.expect("leaving changes the call");
+    Ok(CallAndAgent {
+        call,
+        agent,
+        context_id,
+    })
+}
+
+async fn try_report_channel_event(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    cmd: &ReportChannelEvent,
+) -> Result<ReportedCall, Error> {
+    let loaded = open_call(conn, &cmd.instance_id, &cmd.job_id, None).await?;
+    let call = loaded
+        .call
+        .as_ref()
+        .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+    let release_by = (
+        cmd.release_initiator.as_deref(),
+        cmd.release_reason.as_deref(),
+    );
+    let Some(changes) = conference::report(
+        call,
+        &loaded.agents,
+        &cmd.channel_id,
+        cmd.state,
+        release_by,
+        now(),
+    )?
+    else {
+        return Ok(ReportedCall {
+            call: call.clone(),
+            context_id: loaded.latest_context_id(),
+        });
+    };
+    let event = change_event(
+        ctx,
+        "ReportChannelEvent",
+        Some(Before {
+            call: Some(call),
+            agents: &loaded.agents,
+        }),
+        &changes,
+    );
+    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let call = changes.call.expect("a channel event changes the call");
+    Ok(ReportedCall { call, context_id })
+}
+
+/// Loads (locking) the call, its channels and agents, and `actor`; fails
+/// if the instance is unknown.
+async fn open_call(
+    conn: &mut PgConnection,
+    instance: &InstanceId,
+    job: &JobId,
+    actor: Option<&UserId>,
+) -> Result<LoadedCall, Error> {
+    let loaded = calls::load(conn, instance, job, actor).await?;
+    if !loaded.instance_exists {
+        return Err(Error::InstanceNotFound(instance.to_string()));
     }
+    Ok(loaded)
+}
+
+/// Loads (locking) `user` and the agents with `extensions`; fails if the
+/// instance is unknown.
+pub(super) async fn open_agents(
+    conn: &mut PgConnection,
+    instance: &InstanceId,
+    user: &UserId,
+    extensions: &[Extension],
+) -> Result<LoadedAgents, Error> {
+    let loaded = agents::load(conn, instance, user, extensions).await?;
+    if !loaded.instance_exists {
+        return Err(Error::InstanceNotFound(instance.to_string()));
+    }
+    Ok(loaded)
 }

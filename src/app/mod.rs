@@ -1,45 +1,60 @@
-//! The actions, grouped by what they touch, all of the same shape: open a
-//! transaction, load and lock what the decision needs (one statement), let
-//! the domain decide, write the outcome (one statement), commit. Lost races
-//! are retried here, whole, from a fresh snapshot. Authentication and token
-//! management live in `access`.
+//! The actions, grouped by what they touch, all of the same shape: a unit
+//! of database work (`unit`) that loads and locks what the decision needs
+//! (one statement), lets the domain decide, and writes the outcome (one
+//! statement) in one transaction the unit begins and commits. Lost races
+//! are retried there, whole. Authentication and token management live in
+//! `access`.
 
 mod access;
 mod conference;
 mod provisioning;
 mod status;
+mod unit;
 
-use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use sqlx::PgConnection;
 
 pub use access::{CreateAccessToken, CreatedToken, TokenCache};
-pub use conference::{EndConference, ReportChannelEvent, StartConference};
-pub use provisioning::{CreateInstance, CreateUser};
+pub use conference::{EndConference, ReportChannelEvent, ReportedCall, StartConference};
+pub use provisioning::{CreateInstance, CreateUser, CreatedUser};
 pub use status::{PollUserStatus, ReadyForService};
+pub use unit::{BoxFuture, Done, Idempotent, Limits};
 
 use crate::domain::ids::{InstanceId, Millis};
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
+use crate::store::Store;
 use crate::store::changes::Event;
-use crate::store::{Store, Tx};
-
-/// How often an action that lost a race is tried in all.
-const ATTEMPTS: u32 = 8;
 
 /// The actions, over a store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct App {
     store: Store,
     tokens: TokenCache,
+    units: unit::Units,
 }
 
-/// Who asked, and under which request ID: recorded with every change.
+/// Who asked, under which request ID, and by when the answer is due.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
     pub actor: String,
+    /// Work not started by then is not started at all.
+    pub deadline: Instant,
+}
+
+impl RequestContext {
+    /// A context for tools and tests: a minute to answer.
+    pub fn local(request_id: &str, actor: &str) -> Self {
+        Self {
+            request_id: request_id.to_owned(),
+            actor: actor.to_owned(),
+            deadline: Instant::now() + Duration::from_secs(60),
+        }
+    }
 }
 
 /// A call and one agent after an action, with the ContextId to report.
@@ -52,12 +67,48 @@ pub struct CallAndAgent {
 
 impl App {
     pub fn new(store: Store, tokens: TokenCache) -> Self {
-        Self { store, tokens }
+        Self::with_limits(store, tokens, &Limits::default())
+    }
+
+    pub fn with_limits(store: Store, tokens: TokenCache, limits: &Limits) -> Self {
+        let units = unit::Units::new(&store, limits);
+        Self {
+            store,
+            tokens,
+            units,
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// Deletes idempotency keys older than `retention`, a batch at a time;
+    /// returns how many went.
+    pub async fn purge_idempotency_keys(&self, retention: Duration) -> Result<u64, Error> {
+        const BATCH: i64 = 1000;
+        let mut purged = 0;
+        loop {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let done = self
+                .statement(
+                    "PurgeIdempotencyKeys",
+                    unit::Lane::Write,
+                    deadline,
+                    move |conn| Box::pin(crate::store::idempotency::purge(conn, retention, BATCH)),
+                )
+                .await?;
+            purged += done;
+            if done < BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+}
+
+/// An action's inputs, shared by every attempt of its unit of work.
+fn shared<C: Clone>(ctx: &RequestContext, cmd: &C) -> Arc<(RequestContext, C)> {
+    Arc::new((ctx.clone(), cmd.clone()))
 }
 
 fn now() -> Millis {
@@ -67,38 +118,15 @@ fn now() -> Millis {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs `attempt` until it does not lose a race, at most [`ATTEMPTS`] times,
-/// with a short random pause between tries so the losers spread out.
-async fn retrying<T, F, Fut>(action: &'static str, mut attempt: F) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let mut tries = 1;
-    loop {
-        match attempt().await {
-            Err(Error::Contended(cause)) if tries < ATTEMPTS => {
-                tracing::debug!(action, tries, cause = %cause, "lost a race; retrying");
-                let pause = rand::random_range(0..(1u64 << tries.min(6)));
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                tries += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Writes an action's decision and its event, then commits; returns the
-/// event's ID, the new ContextId.
+/// Writes an action's decision and its event in the unit's transaction;
+/// returns the event's ID, the new ContextId.
 async fn persist(
-    mut tx: Tx,
+    conn: &mut PgConnection,
     instance: &InstanceId,
     event: &Event<'_>,
     changes: &Changes,
 ) -> Result<i64, Error> {
-    let context_id = crate::store::changes::apply(&mut tx, instance, event, changes).await?;
-    crate::store::commit(tx).await?;
-    Ok(context_id)
+    crate::store::changes::apply(conn, instance, event, changes).await
 }
 
 /// The state an action found, for its event's `before`.

@@ -1,11 +1,15 @@
 //! PollUserStatus and ReadyForService: an agent's state.
 
+use sqlx::PgConnection;
+
 use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
-use crate::store::{self, status};
+use crate::store::status;
 
-use super::{App, Before, RequestContext, change_event, persist, retrying};
+use super::conference::open_agents;
+use super::unit::Lane;
+use super::{App, Before, Done, Idempotent, RequestContext, change_event, persist, shared};
 
 #[derive(Debug, Clone)]
 pub struct PollUserStatus {
@@ -29,8 +33,18 @@ pub struct AgentStatus {
 }
 
 impl App {
-    pub async fn poll_user_status(&self, cmd: &PollUserStatus) -> Result<AgentStatus, Error> {
-        let found = status::poll(&self.store, &cmd.instance_id, &cmd.user_id).await?;
+    pub async fn poll_user_status(
+        &self,
+        ctx: &RequestContext,
+        cmd: &PollUserStatus,
+    ) -> Result<AgentStatus, Error> {
+        let owned = cmd.clone();
+        let found = self
+            .statement("PollUserStatus", Lane::Read, ctx.deadline, move |conn| {
+                let cmd = owned.clone();
+                Box::pin(async move { status::poll(conn, &cmd.instance_id, &cmd.user_id).await })
+            })
+            .await?;
         if !found.instance_exists {
             return Err(Error::InstanceNotFound(cmd.instance_id.to_string()));
         }
@@ -49,34 +63,37 @@ impl App {
         &self,
         ctx: &RequestContext,
         cmd: &ReadyForService,
-    ) -> Result<(Agent, i64), Error> {
-        retrying("ReadyForService", || self.try_ready_for_service(ctx, cmd)).await
+        idempotent: Option<Idempotent<(Agent, i64)>>,
+    ) -> Result<Done<(Agent, i64)>, Error> {
+        let job = shared(ctx, cmd);
+        self.write("ReadyForService", ctx.deadline, idempotent, move |conn| {
+            let job = job.clone();
+            Box::pin(async move { try_ready_for_service(conn, &job.0, &job.1).await })
+        })
+        .await
     }
+}
 
-    async fn try_ready_for_service(
-        &self,
-        ctx: &RequestContext,
-        cmd: &ReadyForService,
-    ) -> Result<(Agent, i64), Error> {
-        let (tx, loaded) = self
-            .open_agents(&cmd.instance_id, &cmd.user_id, &[])
-            .await?;
-        let agent = loaded
-            .agent(&cmd.user_id)
-            .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
-        let ready = agent.ready_for_service(cmd.outbound_scenario)?;
-        if &ready == agent {
-            store::rollback(tx).await?;
-            return Ok((ready, loaded.actor_context_id));
-        }
-        let changes = Changes::of_agent(ready);
-        let before = Before {
-            call: None,
-            agents: std::slice::from_ref(agent),
-        };
-        let event = change_event(ctx, "ReadyForService", Some(before), &changes);
-        let context_id = persist(tx, &cmd.instance_id, &event, &changes).await?;
-        let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
-        Ok((ready, context_id))
+async fn try_ready_for_service(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    cmd: &ReadyForService,
+) -> Result<(Agent, i64), Error> {
+    let loaded = open_agents(conn, &cmd.instance_id, &cmd.user_id, &[]).await?;
+    let agent = loaded
+        .agent(&cmd.user_id)
+        .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
+    let ready = agent.ready_for_service(cmd.outbound_scenario)?;
+    if &ready == agent {
+        return Ok((ready, loaded.actor_context_id));
     }
+    let changes = Changes::of_agent(ready);
+    let before = Before {
+        call: None,
+        agents: std::slice::from_ref(agent),
+    };
+    let event = change_event(ctx, "ReadyForService", Some(before), &changes);
+    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
+    Ok((ready, context_id))
 }

@@ -6,17 +6,17 @@ use super::agent::Agent;
 use super::call::{Call, Channel, REASON_HUNG_UP, REASON_LEFT};
 use super::ids::{ChannelId, JobId, Millis, PhoneNumber};
 use super::states::{CallType, ChannelState};
-use crate::error::{Error, ParamViolation};
+use crate::error::{Error, ParamViolation, echo};
 
 /// The most participants one StartConference may invite.
 pub const MAX_PARTICIPANTS: usize = 8;
 /// How long participants' phones ring when the caller does not say.
 pub const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
 pub const MAX_TIMEOUT_SECONDS: i32 = 300;
-/// Tags: free text kept with the call, in bytes.
-pub const MAX_TAGS_BYTES: usize = 128;
-/// ReleaseInitiator and ReleaseReason of ReportChannelEvent, in bytes.
-pub const MAX_RELEASE_TEXT_BYTES: usize = 128;
+/// Tags: free text kept with the call, in characters.
+pub const MAX_TAGS_CHARS: usize = 128;
+/// ReleaseInitiator and ReleaseReason of ReportChannelEvent, in characters.
+pub const MAX_RELEASE_TEXT_CHARS: usize = 128;
 
 /// TimeoutSeconds of StartConference: 1 to 300, 30 when absent.
 pub fn timeout_seconds(raw: Option<i32>) -> Result<i32, ParamViolation> {
@@ -146,14 +146,15 @@ pub fn parse_participants(raw: &str) -> Result<Vec<String>, ParamViolation> {
             return Err(ParamViolation::invalid(
                 FIELD,
                 format!(
-                    "The participant {entry:?} is neither an agent extension nor a phone number"
+                    "The participant {} is neither an agent extension nor a phone number",
+                    echo(entry)
                 ),
             ));
         }
         if entries[..i].contains(entry) {
             return Err(ParamViolation::invalid(
                 FIELD,
-                format!("The participant {entry:?} is listed more than once"),
+                format!("The participant {} is listed more than once", echo(entry)),
             ));
         }
     }
@@ -192,7 +193,10 @@ pub fn start(
         if entry == initiator.extension.as_str() {
             return Err(Error::invalid(
                 FIELD,
-                format!("The participant {entry:?} is the initiator's own extension"),
+                format!(
+                    "The participant {} is the initiator's own extension",
+                    echo(entry)
+                ),
             ));
         }
         if let Some(agent) = agents.iter().find(|a| a.extension.as_str() == entry) {
@@ -203,7 +207,8 @@ pub fn start(
             return Err(Error::invalid(
                 FIELD,
                 format!(
-                    "The participant {entry:?} is neither an agent extension in the instance nor a phone number"
+                    "The participant {} is neither an agent extension in the instance nor a phone number",
+                    echo(entry)
                 ),
             ));
         }
@@ -450,12 +455,26 @@ mod tests {
             (r#"{"a":1}"#, "JSON array"),
             (r#"["abc"]"#, "neither"),
             (r#"["8002","8002"]"#, "more than once"),
+            // A JSON escape can smuggle in a NUL; the entry's shape refuses it.
+            (r#"["80\u000002"]"#, "neither"),
         ];
         for (raw, expect) in bad {
             let e = Error::Parameters(vec![parse_participants(raw).unwrap_err()]);
             let text = format!("{} {}", e.code(), e);
             assert!(text.contains(expect), "{raw}: {text}");
         }
+    }
+
+    #[test]
+    fn a_huge_bad_entry_is_echoed_cut_short() {
+        let raw = serde_json::to_string(&["9".repeat(1_000_000) + "x"]).unwrap();
+        let e = Error::Parameters(vec![parse_participants(&raw).unwrap_err()]);
+        let message = e.to_string();
+        assert!(message.len() < 200, "{message}");
+        assert!(
+            message.contains(&format!("{:?}…", "9".repeat(32))),
+            "{message}"
+        );
     }
 
     // ---- StartConference ----

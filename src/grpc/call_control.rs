@@ -3,17 +3,101 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::app::{self, App};
+use crate::app::{self, App, CallAndAgent};
+use crate::domain::Agent;
 use crate::domain::access::{Action, acting_agent, authorize};
 use crate::domain::conference::{self, parse_participants};
-use crate::domain::ids::{InstanceId, JobId};
+use crate::domain::ids::{InstanceId, JobId, UserId};
 use crate::domain::privacy::mask_participant;
+use crate::error::Error;
 use crate::proto::{self, call_control_server::CallControl};
 
 use super::convert::{call_context, user_context};
+use super::idempotency::Replies;
 use super::request::{
     acting, authenticate, ok_response, optional_user, parse_params, request_id, respond, text,
 };
+
+/// StartConference's parameters, checked. `user_id` is `None` when blank:
+/// who acts is decided with the token (`access::acting_agent`).
+#[derive(Debug)]
+pub struct StartConferenceParams {
+    pub instance_id: InstanceId,
+    pub user_id: Option<UserId>,
+    pub participants: Vec<String>,
+    pub timeout_seconds: i32,
+    pub tags: String,
+}
+
+/// Every parameter of StartConference, all violations at once. Pure, so
+/// the fuzz target runs exactly what the handler runs.
+pub fn parse_start_conference(
+    r: &proto::StartConferenceRequest,
+) -> Result<StartConferenceParams, Error> {
+    parse_params! {
+        instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+        user_id = optional_user(&r.user_id);
+        participants = parse_participants(&r.participant_list_json);
+        timeout_seconds = conference::timeout_seconds(r.timeout_seconds);
+        tags = text("Tags", &r.tags, conference::MAX_TAGS_CHARS);
+    }
+    Ok(StartConferenceParams {
+        instance_id,
+        user_id,
+        participants,
+        timeout_seconds,
+        tags,
+    })
+}
+
+/// EndConference's parameters, checked.
+#[derive(Debug)]
+pub struct EndConferenceParams {
+    pub instance_id: InstanceId,
+    pub user_id: Option<UserId>,
+    pub job_id: JobId,
+}
+
+pub fn parse_end_conference(r: &proto::EndConferenceRequest) -> Result<EndConferenceParams, Error> {
+    parse_params! {
+        instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+        user_id = optional_user(&r.user_id);
+        job_id = JobId::parse("JobId", &r.job_id);
+    }
+    Ok(EndConferenceParams {
+        instance_id,
+        user_id,
+        job_id,
+    })
+}
+
+/// The parameters of PollUserStatus and ReadyForService, checked: whose
+/// status, where.
+#[derive(Debug)]
+pub struct AgentParams {
+    pub instance_id: InstanceId,
+    pub user_id: Option<UserId>,
+}
+
+fn parse_agent(instance_id: &str, user_id: &str) -> Result<AgentParams, Error> {
+    parse_params! {
+        instance_id = InstanceId::parse("InstanceId", instance_id);
+        user_id = optional_user(user_id);
+    }
+    Ok(AgentParams {
+        instance_id,
+        user_id,
+    })
+}
+
+pub fn parse_poll_user_status(r: &proto::PollUserStatusRequest) -> Result<AgentParams, Error> {
+    parse_agent(&r.instance_id, &r.user_id)
+}
+
+/// OutboundScenario is a plain flag: nothing to check.
+pub fn parse_ready_for_service(r: &proto::ReadyForServiceRequest) -> Result<AgentParams, Error> {
+    parse_agent(&r.instance_id, &r.user_id)
+}
 
 pub struct CallControlService {
     app: App,
@@ -32,15 +116,15 @@ impl CallControl for CallControlService {
         request: Request<proto::StartConferenceRequest>,
     ) -> Result<Response<proto::StartConferenceResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("StartConference", &id, async {
+        respond("StartConference", &id, &self.app, request.metadata(), async {
             let caller = authenticate(&self.app, request.metadata()).await?;
-            parse_params! {
-                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = optional_user(&r.user_id);
-                participants = parse_participants(&r.participant_list_json);
-                timeout_seconds = conference::timeout_seconds(r.timeout_seconds);
-                tags = text("Tags", &r.tags, conference::MAX_TAGS_BYTES);
-            }
+            let StartConferenceParams {
+                instance_id,
+                user_id,
+                participants,
+                timeout_seconds,
+                tags,
+            } = parse_start_conference(r)?;
             authorize(&caller, Action::StartConference, &instance_id)?;
             let user_id = acting_agent(&caller, user_id)?;
             let cmd = app::StartConference {
@@ -50,22 +134,27 @@ impl CallControl for CallControlService {
                 timeout_seconds,
                 tags,
             };
-            let out = self.app.start_conference(&acting(&id, &caller), &cmd).await?;
+            let replies = Replies::new(
+                request.metadata(),
+                &caller,
+                "StartConference",
+                cmd.instance_id.as_str(),
+                r,
+                &id,
+                start_conference_reply,
+            )?;
+            let done = self
+                .app
+                .start_conference(&acting(&id, &caller), &cmd, replies.idempotent())
+                .await?;
+            let reply = replies.answer(done)?;
             // Field values are computed only when DEBUG is on.
             tracing::debug!(
-                job_id = %out.call.job_id,
+                job_id = ?reply.data.as_ref().and_then(|d| d.call_context.as_ref()).map(|c| &c.job_id),
                 participants = ?cmd.participants.iter().map(|p| mask_participant(p)).collect::<Vec<_>>(),
                 "conference started"
             );
-            Ok(ok_response!(
-                StartConferenceResponse,
-                id,
-                proto::start_conference_response::Data {
-                    call_context: Some(call_context(&out.call)),
-                    user_context: Some(user_context(&out.agent)),
-                    context_id: out.context_id,
-                }
-            ))
+            Ok(reply)
         })
         .await
     }
@@ -75,13 +164,13 @@ impl CallControl for CallControlService {
         request: Request<proto::EndConferenceRequest>,
     ) -> Result<Response<proto::EndConferenceResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("EndConference", &id, async {
+        respond("EndConference", &id, &self.app, request.metadata(), async {
             let caller = authenticate(&self.app, request.metadata()).await?;
-            parse_params! {
-                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = optional_user(&r.user_id);
-                job_id = JobId::parse("JobId", &r.job_id);
-            }
+            let EndConferenceParams {
+                instance_id,
+                user_id,
+                job_id,
+            } = parse_end_conference(r)?;
             authorize(&caller, Action::EndConference, &instance_id)?;
             let user_id = acting_agent(&caller, user_id)?;
             let cmd = app::EndConference {
@@ -89,16 +178,20 @@ impl CallControl for CallControlService {
                 user_id,
                 job_id,
             };
-            let out = self.app.end_conference(&acting(&id, &caller), &cmd).await?;
-            Ok(ok_response!(
-                EndConferenceResponse,
-                id,
-                proto::end_conference_response::Data {
-                    call_context: Some(call_context(&out.call)),
-                    user_context: Some(user_context(&out.agent)),
-                    context_id: out.context_id,
-                }
-            ))
+            let replies = Replies::new(
+                request.metadata(),
+                &caller,
+                "EndConference",
+                cmd.instance_id.as_str(),
+                r,
+                &id,
+                end_conference_reply,
+            )?;
+            let done = self
+                .app
+                .end_conference(&acting(&id, &caller), &cmd, replies.idempotent())
+                .await?;
+            replies.answer(done)
         })
         .await
     }
@@ -108,29 +201,38 @@ impl CallControl for CallControlService {
         request: Request<proto::PollUserStatusRequest>,
     ) -> Result<Response<proto::PollUserStatusResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("PollUserStatus", &id, async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
-            parse_params! {
-                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = optional_user(&r.user_id);
-            }
-            authorize(&caller, Action::PollUserStatus, &instance_id)?;
-            let user_id = acting_agent(&caller, user_id)?;
-            let cmd = app::PollUserStatus {
-                instance_id,
-                user_id,
-            };
-            let out = self.app.poll_user_status(&cmd).await?;
-            Ok(ok_response!(
-                PollUserStatusResponse,
-                id,
-                proto::poll_user_status_response::Data {
-                    call_context: out.call.as_ref().map(call_context),
-                    user_context: Some(user_context(&out.agent)),
-                    context_id: out.context_id,
-                }
-            ))
-        })
+        respond(
+            "PollUserStatus",
+            &id,
+            &self.app,
+            request.metadata(),
+            async {
+                let caller = authenticate(&self.app, request.metadata()).await?;
+                let AgentParams {
+                    instance_id,
+                    user_id,
+                } = parse_poll_user_status(r)?;
+                authorize(&caller, Action::PollUserStatus, &instance_id)?;
+                let user_id = acting_agent(&caller, user_id)?;
+                let cmd = app::PollUserStatus {
+                    instance_id,
+                    user_id,
+                };
+                let out = self
+                    .app
+                    .poll_user_status(&acting(&id, &caller), &cmd)
+                    .await?;
+                Ok(ok_response!(
+                    PollUserStatusResponse,
+                    id,
+                    proto::poll_user_status_response::Data {
+                        call_context: out.call.as_ref().map(call_context),
+                        user_context: Some(user_context(&out.agent)),
+                        context_id: out.context_id,
+                    }
+                ))
+            },
+        )
         .await
     }
 
@@ -139,29 +241,66 @@ impl CallControl for CallControlService {
         request: Request<proto::ReadyForServiceRequest>,
     ) -> Result<Response<proto::ReadyForServiceResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("ReadyForService", &id, async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
-            parse_params! {
-                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                user_id = optional_user(&r.user_id);
-            }
-            authorize(&caller, Action::ReadyForService, &instance_id)?;
-            let user_id = acting_agent(&caller, user_id)?;
-            let cmd = app::ReadyForService {
-                instance_id,
-                user_id,
-                outbound_scenario: r.outbound_scenario,
-            };
-            let (agent, _context_id) = self
-                .app
-                .ready_for_service(&acting(&id, &caller), &cmd)
-                .await?;
-            Ok(ok_response!(
-                ReadyForServiceResponse,
-                id,
-                user_context(&agent)
-            ))
-        })
+        respond(
+            "ReadyForService",
+            &id,
+            &self.app,
+            request.metadata(),
+            async {
+                let caller = authenticate(&self.app, request.metadata()).await?;
+                let AgentParams {
+                    instance_id,
+                    user_id,
+                } = parse_ready_for_service(r)?;
+                authorize(&caller, Action::ReadyForService, &instance_id)?;
+                let user_id = acting_agent(&caller, user_id)?;
+                let cmd = app::ReadyForService {
+                    instance_id,
+                    user_id,
+                    outbound_scenario: r.outbound_scenario,
+                };
+                let replies = Replies::new(
+                    request.metadata(),
+                    &caller,
+                    "ReadyForService",
+                    cmd.instance_id.as_str(),
+                    r,
+                    &id,
+                    |id, (agent, _context_id): &(Agent, i64)| {
+                        ok_response!(ReadyForServiceResponse, id, user_context(agent))
+                    },
+                )?;
+                let done = self
+                    .app
+                    .ready_for_service(&acting(&id, &caller), &cmd, replies.idempotent())
+                    .await?;
+                replies.answer(done)
+            },
+        )
         .await
     }
+}
+
+fn start_conference_reply(id: &str, out: &CallAndAgent) -> proto::StartConferenceResponse {
+    ok_response!(
+        StartConferenceResponse,
+        id,
+        proto::start_conference_response::Data {
+            call_context: Some(call_context(&out.call)),
+            user_context: Some(user_context(&out.agent)),
+            context_id: out.context_id,
+        }
+    )
+}
+
+fn end_conference_reply(id: &str, out: &CallAndAgent) -> proto::EndConferenceResponse {
+    ok_response!(
+        EndConferenceResponse,
+        id,
+        proto::end_conference_response::Data {
+            call_context: Some(call_context(&out.call)),
+            user_context: Some(user_context(&out.agent)),
+            context_id: out.context_id,
+        }
+    )
 }

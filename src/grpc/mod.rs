@@ -5,7 +5,9 @@
 
 mod admin;
 mod call_control;
+pub mod codec;
 mod convert;
+mod idempotency;
 mod request;
 pub mod status;
 mod telephony;
@@ -19,23 +21,57 @@ use crate::proto::{
     FILE_DESCRIPTOR_SET, admin_server::AdminServer, call_control_server::CallControlServer,
     telephony_server::TelephonyServer,
 };
+use codec::DecodeGuard;
 
+pub use idempotency::IDEMPOTENCY_HEADER;
 pub use request::REQUEST_ID_HEADER;
+
+/// Each request's parameter checks, pure and in the handlers' order, for
+/// the fuzz target (`fuzz/`): it runs exactly what the handlers run.
+pub mod parse {
+    pub use super::admin::{
+        CreateAccessTokenParams, RevokeAccessTokenParams, parse_create_access_token,
+        parse_create_instance, parse_create_user, parse_revoke_access_token,
+    };
+    pub use super::call_control::{
+        AgentParams, EndConferenceParams, StartConferenceParams, parse_end_conference,
+        parse_poll_user_status, parse_ready_for_service, parse_start_conference,
+    };
+    pub use super::telephony::parse_report_channel_event;
+}
 
 /// Every service of the contract, plus (unless turned off) reflection (v1
 /// and v1alpha, so grpcurl 1.8 works) and `grpc.health.v1`, which need no
 /// token. Reflection also knows the `google.rpc` detail types, so `grpcurl`
 /// prints error details decoded.
-pub async fn routes(app: App, reflection: bool, health: bool) -> anyhow::Result<Routes> {
+///
+/// A request to our services larger than `max_request_bytes` (encoded) is
+/// refused from its frame header, before its body is read, as
+/// `Request.TooLarge` (see [`codec::DecodeGuard`]).
+pub async fn routes(
+    app: App,
+    reflection: bool,
+    health: bool,
+    max_request_bytes: usize,
+) -> anyhow::Result<Routes> {
+    let limit = max_request_bytes;
     let mut routes = Routes::builder();
     routes
-        .add_service(CallControlServer::new(
-            call_control::CallControlService::new(app.clone()),
+        .add_service(DecodeGuard::new(
+            CallControlServer::new(call_control::CallControlService::new(app.clone()))
+                .max_decoding_message_size(limit),
+            limit,
         ))
-        .add_service(TelephonyServer::new(telephony::TelephonyService::new(
-            app.clone(),
-        )))
-        .add_service(AdminServer::new(admin::AdminService::new(app.clone())));
+        .add_service(DecodeGuard::new(
+            TelephonyServer::new(telephony::TelephonyService::new(app.clone()))
+                .max_decoding_message_size(limit),
+            limit,
+        ))
+        .add_service(DecodeGuard::new(
+            AdminServer::new(admin::AdminService::new(app.clone()))
+                .max_decoding_message_size(limit),
+            limit,
+        ));
     if reflection {
         let descriptors = || {
             tonic_reflection::server::Builder::configure()

@@ -1,8 +1,9 @@
 //! Per-request plumbing shared by every handler: the request ID, the
-//! response envelope, parameter collection, and logging of the outcome.
+//! deadline, admission, the response envelope, parameter collection, and
+//! logging of the outcome.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Response, Status};
@@ -14,6 +15,51 @@ use crate::error::{Error, ParamViolation};
 
 /// Metadata key of the request ID, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    /// The deadline of the request being served, set by [`respond`].
+    static DEADLINE: Instant;
+}
+
+/// The deadline of the request this task serves.
+fn deadline() -> Instant {
+    DEADLINE
+        .try_with(|d| *d)
+        .unwrap_or_else(|_| Instant::now() + Duration::from_secs(10))
+}
+
+/// When a request that arrived at `started` is due: the caller's
+/// `grpc-timeout`, capped by the server's `default` (which also applies
+/// when there is none). We aim a little early: tonic enforces the same
+/// deadline by dropping the handler and answering CANCELLED with no
+/// details, and our DEADLINE_EXCEEDED should get there first.
+fn deadline_of(metadata: &MetadataMap, started: Instant, default: Duration) -> Instant {
+    let budget = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(default, |given| given.min(default));
+    let early = (budget / 20).min(Duration::from_millis(20));
+    started + budget - early
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (gRPC over HTTP/2 spec).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// The caller's `x-request-id` if it is a sane one (1 to 128 printable
 /// ASCII characters), so a mesh's trace ID carries through; else a new
@@ -30,21 +76,24 @@ pub(crate) fn request_id(metadata: &MetadataMap) -> String {
 }
 
 /// Authenticates the request's `authorization: Bearer <token>` metadata.
+/// Only that exact form counts (the scheme spelled `Bearer`, one space, the
+/// token): one spelling is one thing to document and to test, and any other
+/// is the same `Unauthenticated` as a missing token.
 pub(crate) async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller, Error> {
     let bearer = metadata
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    app.authenticate(bearer).await
+        .and_then(|v| v.strip_prefix("Bearer "));
+    app.authenticate(bearer, deadline()).await
 }
 
-/// What the app records about the request: its ID and who asked.
+/// What the app records about the request (its ID and who asked) and
+/// when it is due.
 pub(crate) fn acting(request_id: &str, caller: &Caller) -> RequestContext {
     RequestContext {
         request_id: request_id.to_owned(),
         actor: caller.principal(),
+        deadline: deadline(),
     }
 }
 
@@ -54,17 +103,26 @@ pub(crate) fn optional_user(raw: &str) -> Result<Option<UserId>, ParamViolation>
     optional(raw, |s| UserId::parse("UserId", s))
 }
 
-/// Runs a handler body and turns its outcome into the gRPC answer: the
-/// body's response with `x-request-id`, or the error's status. Server-side
-/// failures are logged with their whole cause chain, which never leaves the
-/// process.
+/// Runs a handler body, if this replica admits the request (else it is
+/// shed at once), under the request's deadline, and turns its outcome into
+/// the gRPC answer: the body's response with `x-request-id`, or the error's
+/// status. Server-side failures are logged with their whole cause chain,
+/// which never leaves the process.
 pub(crate) async fn respond<T>(
     rpc: &'static str,
     request_id: &str,
+    app: &App,
+    metadata: &MetadataMap,
     body: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
-    let outcome = body.await;
+    let outcome = match app.admit() {
+        Ok(_admitted) => {
+            let deadline = deadline_of(metadata, started, app.request_timeout());
+            DEADLINE.scope(deadline, body).await
+        }
+        Err(shed) => Err(shed),
+    };
     let elapsed_us = started.elapsed().as_micros() as u64;
     match outcome {
         Ok(reply) => {
@@ -126,19 +184,34 @@ macro_rules! ok_response {
 }
 pub(crate) use ok_response;
 
-/// A free-text parameter: at most `max` bytes.
+/// A free-text parameter: at most `max` characters (not bytes: the limits
+/// are documented in characters, and a name in Chinese is three bytes a
+/// character), and no control characters but tab, line feed and carriage
+/// return. PostgreSQL refuses NUL in `text` and `jsonb` (so it would fail
+/// the whole action as INTERNAL), and the other control characters garble
+/// logs and terminals; tab and line breaks are ordinary in descriptions.
 pub(crate) fn text(field: &'static str, raw: &str, max: usize) -> Result<String, ParamViolation> {
-    if raw.len() > max {
+    if raw.chars().nth(max).is_some() {
         Err(ParamViolation::invalid(
             field,
-            format!("It must be at most {max} bytes"),
+            format!("It must be at most {max} characters"),
+        ))
+    } else if raw.chars().any(forbidden_in_text) {
+        Err(ParamViolation::invalid(
+            field,
+            "It must not contain control characters other than tab, line feed and carriage return",
         ))
     } else {
         Ok(raw.to_owned())
     }
 }
 
-/// A required free-text parameter: not blank, at most `max` bytes.
+/// The characters free text may not hold (see [`text`]).
+fn forbidden_in_text(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// A required free-text parameter: not blank, else as [`text`].
 pub(crate) fn required_text(
     field: &'static str,
     raw: &str,
@@ -160,5 +233,77 @@ pub(crate) fn optional<T>(
         Ok(None)
     } else {
         parse(raw).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "5", "5s", "123456789m", "-1S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_server_default_caps_the_callers_deadline() {
+        let started = Instant::now();
+        let mut metadata = MetadataMap::new();
+        let default = Duration::from_secs(10);
+        assert!(deadline_of(&metadata, started, default) <= started + default);
+        metadata.insert("grpc-timeout", "100m".parse().unwrap());
+        let due = deadline_of(&metadata, started, default);
+        assert!(due <= started + Duration::from_millis(100));
+        assert!(due >= started + Duration::from_millis(90));
+        metadata.insert("grpc-timeout", "1H".parse().unwrap());
+        assert!(deadline_of(&metadata, started, default) <= started + default);
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+    use crate::error::Violation;
+
+    fn refused(r: Result<String, ParamViolation>) -> String {
+        match r {
+            Err(ParamViolation {
+                violation: Violation::Invalid(why),
+                ..
+            }) => why,
+            other => panic!("expected Parameter.Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_count_characters_not_bytes() {
+        let name = "名".repeat(128);
+        assert_eq!(text("Name", &name, 128), Ok(name.clone()));
+        let why = refused(text("Name", &format!("{name}x"), 128));
+        assert_eq!(why, "It must be at most 128 characters");
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_tab_and_line_breaks() {
+        assert!(text("Description", "a\tb\r\nc", 1024).is_ok());
+        for c in ['\0', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}'] {
+            let why = refused(text("Description", &format!("a{c}b"), 1024));
+            assert!(why.contains("control characters"), "{c:?}: {why}");
+        }
+        // Not blank, so refused for the NUL rather than as blank.
+        assert!(refused(required_text("Name", "\0", 128)).contains("control"));
+        assert_eq!(
+            required_text("Name", " \t\n", 128),
+            Err(ParamViolation::blank("Name"))
+        );
     }
 }

@@ -3,15 +3,16 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::app::{self, App};
+use crate::app::{self, App, ReportedCall};
 use crate::domain::access::{Action, authorize};
 use crate::domain::conference;
 use crate::domain::ids::{ChannelId, InstanceId, JobId};
 use crate::domain::states::ChannelState;
-use crate::error::ParamViolation;
+use crate::error::{Error, ParamViolation};
 use crate::proto::{self, telephony_server::Telephony};
 
 use super::convert::{call_context, reported_channel_state};
+use super::idempotency::Replies;
 use super::request::{
     acting, authenticate, ok_response, optional, parse_params, request_id, respond, text,
 };
@@ -33,11 +34,37 @@ fn release_detail(
     raw: &str,
     state: Result<ChannelState, &ParamViolation>,
 ) -> Result<Option<String>, ParamViolation> {
-    let value = optional(raw, |s| text(field, s, conference::MAX_RELEASE_TEXT_BYTES))?;
+    let value = optional(raw, |s| text(field, s, conference::MAX_RELEASE_TEXT_CHARS))?;
     if let (Some(_), Ok(state)) = (&value, state) {
         conference::release_detail_allowed(field, state)?;
     }
     Ok(value)
+}
+
+/// Every parameter of ReportChannelEvent, all violations at once. Pure, so
+/// the fuzz target runs exactly what the handler runs.
+pub fn parse_report_channel_event(
+    r: &proto::ReportChannelEventRequest,
+) -> Result<app::ReportChannelEvent, Error> {
+    let reported = reported_channel_state("ChannelState", r.channel_state);
+    let reported_ok = reported.as_ref().copied();
+    parse_params! {
+        instance_id = InstanceId::parse("InstanceId", &r.instance_id);
+        job_id = JobId::parse("JobId", &r.job_id);
+        channel_id = ChannelId::parse("ChannelId", &r.channel_id);
+        state = reported.clone();
+        release_initiator =
+            release_detail("ReleaseInitiator", &r.release_initiator, reported_ok);
+        release_reason = release_detail("ReleaseReason", &r.release_reason, reported_ok);
+    }
+    Ok(app::ReportChannelEvent {
+        instance_id,
+        job_id,
+        channel_id,
+        state,
+        release_initiator,
+        release_reason,
+    })
 }
 
 #[tonic::async_trait]
@@ -47,38 +74,37 @@ impl Telephony for TelephonyService {
         request: Request<proto::ReportChannelEventRequest>,
     ) -> Result<Response<proto::ReportChannelEventResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("ReportChannelEvent", &id, async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
-            let reported = reported_channel_state("ChannelState", r.channel_state);
-            let reported_ok = reported.as_ref().copied();
-            parse_params! {
-                instance_id = InstanceId::parse("InstanceId", &r.instance_id);
-                job_id = JobId::parse("JobId", &r.job_id);
-                channel_id = ChannelId::parse("ChannelId", &r.channel_id);
-                state = reported.clone();
-                release_initiator =
-                    release_detail("ReleaseInitiator", &r.release_initiator, reported_ok);
-                release_reason = release_detail("ReleaseReason", &r.release_reason, reported_ok);
-            }
-            authorize(&caller, Action::ReportChannelEvent, &instance_id)?;
-            let cmd = app::ReportChannelEvent {
-                instance_id,
-                job_id,
-                channel_id,
-                state,
-                release_initiator,
-                release_reason,
-            };
-            let out = self
-                .app
-                .report_channel_event(&acting(&id, &caller), &cmd)
-                .await?;
-            let data = proto::report_channel_event_response::Data {
-                call_context: Some(call_context(&out.call)),
-                context_id: out.context_id,
-            };
-            Ok(ok_response!(ReportChannelEventResponse, id, data))
-        })
+        respond(
+            "ReportChannelEvent",
+            &id,
+            &self.app,
+            request.metadata(),
+            async {
+                let caller = authenticate(&self.app, request.metadata()).await?;
+                let cmd = parse_report_channel_event(r)?;
+                authorize(&caller, Action::ReportChannelEvent, &cmd.instance_id)?;
+                let replies = Replies::new(
+                    request.metadata(),
+                    &caller,
+                    "ReportChannelEvent",
+                    cmd.instance_id.as_str(),
+                    r,
+                    &id,
+                    |id, out: &ReportedCall| {
+                        let data = proto::report_channel_event_response::Data {
+                            call_context: Some(call_context(&out.call)),
+                            context_id: out.context_id,
+                        };
+                        ok_response!(ReportChannelEventResponse, id, data)
+                    },
+                )?;
+                let done = self
+                    .app
+                    .report_channel_event(&acting(&id, &caller), &cmd, replies.idempotent())
+                    .await?;
+                replies.answer(done)
+            },
+        )
         .await
     }
 }

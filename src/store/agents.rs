@@ -6,7 +6,9 @@ use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
 use super::rows::{AgentRow, actor_context_id, decode};
-use super::{Tx, db_error};
+use sqlx::PgConnection;
+
+use super::db_error;
 
 /// The agents an action found, locked until the transaction ends.
 #[derive(Debug)]
@@ -40,7 +42,7 @@ SELECT
 /// Locks and reads agent `user` of `instance` and the agents with any of
 /// `extensions`.
 pub async fn load(
-    tx: &mut Tx,
+    conn: &mut PgConnection,
     instance: &InstanceId,
     user: &UserId,
     extensions: &[Extension],
@@ -50,7 +52,7 @@ pub async fn load(
         .bind(instance.as_str())
         .bind(user.as_str())
         .bind(&extensions)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
     let rows: Vec<AgentRow> = decode(agents)?;

@@ -7,7 +7,9 @@ use crate::domain::{Agent, Call};
 use crate::error::Error;
 
 use super::rows::{AgentRow, CallRow, ChannelRow, actor_context_id, decode};
-use super::{Tx, db_error};
+use sqlx::PgConnection;
+
+use super::db_error;
 
 /// Everything a call action decides on, as of one snapshot, with the call
 /// and agent rows locked until the transaction ends.
@@ -43,6 +45,12 @@ impl LoadedCall {
 /// acting agent and the agents of live channels, sorted by user ID so two
 /// transactions always lock agents in the same order. Which states are
 /// "live" comes from the domain.
+///
+/// At READ COMMITTED a locking read that waited returns the newest version
+/// of the rows it locked, but the channels are read from the snapshot the
+/// statement started with. Every change to a channel also moves the call's
+/// `context_id`, so comparing the locked row's with the snapshot's
+/// (`seen_context_id`) tells whether the channels may be stale.
 const LOAD: &str = r#"
 WITH c AS MATERIALIZED (
     SELECT * FROM calls
@@ -61,32 +69,59 @@ WITH c AS MATERIALIZED (
 SELECT
     EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
     (SELECT to_jsonb(c) FROM c) AS call,
+    (SELECT context_id FROM calls WHERE instance_id = $1 AND job_id = $2) AS seen_context_id,
     (SELECT coalesce(jsonb_agg(to_jsonb(ch) ORDER BY ch.idx), '[]') FROM ch) AS channels,
     (SELECT coalesce(jsonb_agg(to_jsonb(ag) ORDER BY ag.user_id), '[]') FROM ag) AS agents
 "#;
 
+type Loaded = (
+    bool,
+    Option<serde_json::Value>,
+    Option<i64>,
+    serde_json::Value,
+    serde_json::Value,
+);
+
 /// Locks and reads call `job` of `instance` with its channels, the agent
 /// `actor` (if given) and every agent with a live channel in the call.
+///
+/// If the call changed while this waited for its lock, reads again: the
+/// lock is held by then, so the second read is current. That costs a round
+/// trip only to the actions that waited.
 pub async fn load(
-    tx: &mut Tx,
+    conn: &mut PgConnection,
     instance: &InstanceId,
     job: &JobId,
     actor: Option<&UserId>,
 ) -> Result<LoadedCall, Error> {
     let live: Vec<&str> = ChannelState::LIVE.iter().map(|s| s.as_str()).collect();
-    let (instance_exists, call, channels, agents): (
-        bool,
-        Option<serde_json::Value>,
-        serde_json::Value,
-        serde_json::Value,
-    ) = sqlx::query_as(LOAD)
-        .bind(instance.as_str())
-        .bind(job.as_str())
-        .bind(actor.map(UserId::as_str))
-        .bind(&live)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_error)?;
+    let mut reads = 0;
+    let (instance_exists, call, channels, agents) = loop {
+        let (instance_exists, call, seen_context_id, channels, agents): Loaded =
+            sqlx::query_as(LOAD)
+                .bind(instance.as_str())
+                .bind(job.as_str())
+                .bind(actor.map(UserId::as_str))
+                .bind(&live)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        let locked_context_id = call
+            .as_ref()
+            .and_then(|c| c.get("context_id"))
+            .and_then(serde_json::Value::as_i64);
+        if locked_context_id == seen_context_id {
+            break (instance_exists, call, channels, agents);
+        }
+        reads += 1;
+        if reads == 2 {
+            // Cannot happen while we hold the lock; if it does, start over.
+            return Err(Error::Contended(anyhow::anyhow!(
+                "call {job} changed under its lock"
+            )));
+        }
+        tracing::debug!(%job, "the call changed while waiting for its lock; reading again");
+    };
 
     let (call, call_context_id) = match call {
         Some(row) => {

@@ -8,7 +8,9 @@ use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Changes, Channel};
 use crate::error::Error;
 
-use super::{Tx, db_error, unique_violation};
+use sqlx::PgConnection;
+
+use super::{db_error, unique_violation};
 
 /// The event row an action appends: who did what, and the changed state
 /// before and after.
@@ -79,7 +81,7 @@ FROM ev
 /// Writes `changes` and `event` for `instance`; returns the event's ID, the
 /// new ContextId.
 pub async fn apply(
-    tx: &mut Tx,
+    conn: &mut PgConnection,
     instance: &InstanceId,
     event: &Event<'_>,
     changes: &Changes,
@@ -126,7 +128,7 @@ pub async fn apply(
         .bind(&ag.job_id)
         .bind(&ag.break_code)
         .bind(&ag.outbound_scenario)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {
             // Two new calls drew the same JobId (same millisecond, same six

@@ -1,28 +1,34 @@
 //! PostgreSQL persistence, and nothing else: queries, row mapping and error
 //! translation. No rule is decided here.
 //!
-//! Every call action is one transaction of exactly two statements: one that
-//! locks and reads everything the decision needs ([`calls::load`],
+//! Every function takes the connection (or transaction) of the unit of work
+//! the app runs it in; none reaches for the pool itself, so a unit owns its
+//! connection from start to end (see `app::unit`).
+//!
+//! Every call action is one READ COMMITTED transaction of two statements: one
+//! that locks and reads everything the decision needs ([`calls::load`],
 //! [`agents::load`]) and one that writes the whole decision
-//! ([`changes::apply`]). Those transactions run at REPEATABLE READ: the
-//! locking read and the rest of its statement see one snapshot, and if a
-//! locked row changed after that snapshot PostgreSQL refuses with a
-//! serialization failure ([`Error::Contended`]) that the caller retries, so a
-//! decision is never made on stale rows.
+//! ([`changes::apply`]). A lock wait is not a failure: once the lock is
+//! granted PostgreSQL hands back the newest version of each locked row, and
+//! the few rows read without a lock are re-read if they may be stale (see
+//! [`calls::load`]).
 
 pub mod agents;
 pub mod calls;
 pub mod changes;
+pub mod idempotency;
 pub mod provisioning;
 mod rows;
 pub mod status;
 pub mod tokens;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::error::Error;
 
-pub type Tx = Transaction<'static, Postgres>;
+/// A transaction on a unit's connection.
+pub type Tx<'c> = Transaction<'c, Postgres>;
 
 /// A cheap-to-clone handle on the database.
 #[derive(Clone, Debug)]
@@ -39,18 +45,20 @@ impl Store {
         &self.pool
     }
 
-    /// A transaction for a call action: REPEATABLE READ, see the module doc.
-    pub async fn begin_action(&self) -> Result<Tx, Error> {
-        self.pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(db_error)
+    /// Most connections the pool opens.
+    pub fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 
-    /// A READ COMMITTED transaction, where each statement sees what committed
-    /// before it started (provisioning relies on that after taking a lock).
-    pub async fn begin(&self) -> Result<Tx, Error> {
-        self.pool.begin().await.map_err(db_error)
+    /// How long [`Store::acquire`] waits for a connection.
+    pub fn acquire_timeout(&self) -> std::time::Duration {
+        self.pool.options().get_acquire_timeout()
+    }
+
+    /// A connection for one unit of work, within the pool's acquire
+    /// timeout.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, Error> {
+        self.pool.acquire().await.map_err(db_error)
     }
 
     /// Whether the database answers; for the health service.
@@ -59,12 +67,30 @@ impl Store {
     }
 }
 
-pub async fn commit(tx: Tx) -> Result<(), Error> {
+/// A READ COMMITTED transaction: each statement sees what committed before
+/// it started, and a locking read waits for the lock rather than failing.
+pub async fn begin(conn: &mut PgConnection) -> Result<Tx<'_>, Error> {
+    conn.begin().await.map_err(db_error)
+}
+
+pub async fn commit(tx: Tx<'_>) -> Result<(), Error> {
     tx.commit().await.map_err(db_error)
 }
 
-pub async fn rollback(tx: Tx) -> Result<(), Error> {
-    tx.rollback().await.map_err(db_error)
+/// Checks a pooled connection before it is handed out: outside a
+/// transaction block, a statement's transaction started with the statement.
+/// A connection left inside a transaction (a BEGIN whose sender was
+/// cancelled, sqlx 0.8.6's `begin()` is not cancel-safe) answers `false`, or
+/// an error if that transaction failed, and is closed instead of reused.
+/// This takes the place of sqlx's own ping, so it costs no extra round trip.
+pub async fn is_outside_transaction(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let outside: bool = sqlx::query_scalar("SELECT now() = statement_timestamp()")
+        .fetch_one(conn)
+        .await?;
+    if !outside {
+        tracing::warn!("a pooled connection was inside a transaction; closing it");
+    }
+    Ok(outside)
 }
 
 /// Translates a database failure into the contract's terms: lost races are
@@ -79,9 +105,10 @@ pub(crate) fn db_error(e: sqlx::Error) -> Error {
         // serialization_failure, deadlock_detected
         Some("40001" | "40P01") => Error::Contended(e.into()),
         // connection exceptions, too many connections, shutting down,
-        // cannot connect now, statement or lock timeout
+        // cannot connect now, statement or lock timeout, idle in transaction
+        // for too long
         Some(s) if s.starts_with("08") || s.starts_with("57P") => Error::Unavailable(e.into()),
-        Some("53300" | "57014" | "55P03") => Error::Unavailable(e.into()),
+        Some("53300" | "57014" | "55P03" | "25P03") => Error::Unavailable(e.into()),
         Some(_) => Error::Internal(e.into()),
         None => match e {
             sqlx::Error::PoolTimedOut

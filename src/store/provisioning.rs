@@ -5,7 +5,9 @@ use crate::domain::ids::{Extension, InstanceId, LoginName, Millis, PhoneNumber};
 use crate::error::Error;
 
 use super::changes::Event;
-use super::{Store, Tx, db_error, unique_violation};
+use sqlx::PgConnection;
+
+use super::{db_error, unique_violation};
 
 /// An instance as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -31,7 +33,7 @@ SELECT event_id FROM ev
 
 /// Inserts `instance` and `event`; returns the event's ID.
 pub async fn create_instance(
-    store: &Store,
+    conn: &mut PgConnection,
     instance: &Instance,
     event: &Event<'_>,
 ) -> Result<i64, Error> {
@@ -44,7 +46,7 @@ pub async fn create_instance(
         .bind(event.action)
         .bind(event.actor)
         .bind(&event.after)
-        .fetch_one(store.pool())
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {
             Some("instances_pkey") => Error::DuplicatedInstance(instance.instance_id.to_string()),
@@ -60,21 +62,21 @@ pub struct Profile {
     pub mobile: Option<PhoneNumber>,
 }
 
-pub async fn instance_exists(store: &Store, id: &InstanceId) -> Result<bool, Error> {
+pub async fn instance_exists(conn: &mut PgConnection, id: &InstanceId) -> Result<bool, Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = $1)")
         .bind(id.as_str())
-        .fetch_one(store.pool())
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error)
 }
 
 /// Locks instance `id` for the rest of the transaction, so agent creations
 /// in one instance run one at a time; `false` if there is no such instance.
-pub async fn lock_instance(tx: &mut Tx, id: &InstanceId) -> Result<bool, Error> {
+pub async fn lock_instance(conn: &mut PgConnection, id: &InstanceId) -> Result<bool, Error> {
     let found: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE")
             .bind(id.as_str())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_error)?;
     Ok(found.is_some())
@@ -84,14 +86,17 @@ pub async fn lock_instance(tx: &mut Tx, id: &InstanceId) -> Result<bool, Error> 
 /// (among n agents, one of 8001..=8001+n is free). Run it under
 /// [`lock_instance`] in a READ COMMITTED transaction, so it sees every
 /// agent committed before.
-pub async fn lowest_free_extension(tx: &mut Tx, id: &InstanceId) -> Result<Extension, Error> {
+pub async fn lowest_free_extension(
+    conn: &mut PgConnection,
+    id: &InstanceId,
+) -> Result<Extension, Error> {
     let free: String = sqlx::query_scalar(
         r#"SELECT min(n)::text
            FROM generate_series(8001, 8001 + (SELECT count(*) FROM agents WHERE instance_id = $1)) AS n
            WHERE NOT EXISTS (SELECT 1 FROM agents WHERE instance_id = $1 AND extension = n::text)"#,
     )
     .bind(id.as_str())
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await
     .map_err(db_error)?;
     Ok(Extension::from_trusted(free))
@@ -114,7 +119,7 @@ RETURNING context_id
 
 /// Inserts `agent` with its `profile`, and `event`; returns the event's ID.
 pub async fn insert_agent(
-    tx: &mut Tx,
+    conn: &mut PgConnection,
     agent: &Agent,
     profile: &Profile,
     event: &Event<'_>,
@@ -137,7 +142,7 @@ pub async fn insert_agent(
         .bind(event.action)
         .bind(event.actor)
         .bind(&event.after)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {
             Some("agents_pkey" | "agents_login_name_key") => Error::DuplicatedLoginName {

@@ -6,7 +6,9 @@ use crate::domain::{Agent, Call};
 use crate::error::Error;
 
 use super::rows::{AgentRow, CallRow, ChannelRow, decode};
-use super::{Store, db_error};
+use sqlx::PgConnection;
+
+use super::db_error;
 
 #[derive(Debug)]
 pub struct UserStatus {
@@ -34,7 +36,7 @@ SELECT
 "#;
 
 pub async fn poll(
-    store: &Store,
+    conn: &mut PgConnection,
     instance: &InstanceId,
     user: &UserId,
 ) -> Result<UserStatus, Error> {
@@ -46,7 +48,7 @@ pub async fn poll(
     ) = sqlx::query_as(POLL)
         .bind(instance.as_str())
         .bind(user.as_str())
-        .fetch_one(store.pool())
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
 

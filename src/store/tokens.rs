@@ -5,7 +5,9 @@ use crate::domain::ids::{InstanceId, Millis, UserId};
 use crate::error::Error;
 
 use super::changes::Event;
-use super::{Store, db_error};
+use sqlx::PgConnection;
+
+use super::db_error;
 
 /// A token as listed: everything but the secret (which is not stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,24 +70,30 @@ impl TokenRecord {
 }
 
 /// The token whose hash is `hash`, revoked or not.
-pub async fn find_by_hash(store: &Store, hash: &[u8; 32]) -> Result<Option<TokenRecord>, Error> {
+pub async fn find_by_hash(
+    conn: &mut PgConnection,
+    hash: &[u8; 32],
+) -> Result<Option<TokenRecord>, Error> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM access_tokens WHERE token_hash = $1"
     ))
     .bind(hash.as_slice())
-    .fetch_optional(store.pool())
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
     row.map(record).transpose()
 }
 
 /// The token with handle `token_id`, in whatever instance.
-pub async fn find_by_id(store: &Store, token_id: &str) -> Result<Option<TokenRecord>, Error> {
+pub async fn find_by_id(
+    conn: &mut PgConnection,
+    token_id: &str,
+) -> Result<Option<TokenRecord>, Error> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM access_tokens WHERE token_id = $1"
     ))
     .bind(token_id)
-    .fetch_optional(store.pool())
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
     row.map(record).transpose()
@@ -97,7 +105,7 @@ pub async fn find_by_id(store: &Store, token_id: &str) -> Result<Option<TokenRec
 /// to record it in). Returns `(instance exists, agent exists)` as found;
 /// nothing is written unless both hold.
 pub async fn insert(
-    store: &Store,
+    conn: &mut PgConnection,
     token: &TokenRecord,
     hash: &[u8; 32],
     event: &Event<'_>,
@@ -134,7 +142,7 @@ pub async fn insert(
     .bind(event.request_id)
     .bind(event.action)
     .bind(&event.after)
-    .fetch_one(store.pool())
+    .fetch_one(&mut *conn)
     .await
     .map_err(db_error)
 }
@@ -144,7 +152,7 @@ pub async fn insert(
 /// an instance); returns the token as it is afterwards, or `None` if there
 /// is no such token.
 pub async fn revoke(
-    store: &Store,
+    conn: &mut PgConnection,
     instance: Option<&InstanceId>,
     token_id: &str,
     now: Millis,
@@ -172,21 +180,24 @@ pub async fn revoke(
     .bind(event.action)
     .bind(event.actor)
     .bind(&event.after)
-    .fetch_optional(store.pool())
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
     row.map(record).transpose()
 }
 
 /// Every token of `instance` (all instances when `None`), oldest first.
-pub async fn list(store: &Store, instance: Option<&InstanceId>) -> Result<Vec<TokenRecord>, Error> {
+pub async fn list(
+    conn: &mut PgConnection,
+    instance: Option<&InstanceId>,
+) -> Result<Vec<TokenRecord>, Error> {
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM access_tokens
          WHERE $1::text IS NULL OR instance_id = $1
          ORDER BY created_at, token_id"
     ))
     .bind(instance.map(InstanceId::as_str))
-    .fetch_all(store.pool())
+    .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;
     rows.into_iter().map(record).collect()

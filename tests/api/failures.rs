@@ -50,7 +50,7 @@ async fn a_broken_database_is_an_opaque_internal_error_and_changes_nothing(pool:
 async fn an_unreachable_database_is_retryable_unavailable(pool: PgPool) {
     let app = spawn_app(pool).await;
     let agents = app.ready_agents(&["alice"]).await;
-    app.pool.close().await;
+    app.served.close().await;
 
     let err = app.ready(&agents[0].0).await.unwrap_err();
 
@@ -80,7 +80,7 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
     use ccc_callcontrol::domain::conference::{self, NewCall};
     use ccc_callcontrol::domain::ids::{InstanceId, JobId, UserId};
     use ccc_callcontrol::error::Error;
-    use ccc_callcontrol::store::{Store, agents, changes};
+    use ccc_callcontrol::store::{self, agents, changes};
 
     let app = spawn_app(pool).await;
     let users = app.ready_agents(&["alice", "bob"]).await;
@@ -92,10 +92,10 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
         .unwrap()
         .job_id;
 
-    let store = Store::new(app.pool.clone());
+    let mut conn = app.pool.acquire().await.unwrap();
     let instance = InstanceId::from_trusted(INSTANCE);
     let bob = UserId::from_trusted(users[1].0.as_str());
-    let mut tx = store.begin_action().await.unwrap();
+    let mut tx = store::begin(&mut conn).await.unwrap();
     let loaded = agents::load(&mut tx, &instance, &bob, &[]).await.unwrap();
     let new = NewCall {
         job_id: JobId::from_trusted(taken),

@@ -9,13 +9,14 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use ccc_callcontrol::app::{App, CreateAccessToken, RequestContext, TokenCache};
+use ccc_callcontrol::config::DatabaseArgs;
 use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::domain::ids::{InstanceId, UserId};
 use ccc_callcontrol::proto::{
     self, admin_client::AdminClient, call_control_client::CallControlClient,
     channel_context::ChannelState, telephony_client::TelephonyClient,
 };
-use ccc_callcontrol::startup::{Application, ServeOptions};
+use ccc_callcontrol::startup::{Application, ServeOptions, connect_pool};
 use ccc_callcontrol::store::Store;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -86,6 +87,8 @@ impl Clients {
 
 pub struct TestApp {
     pub pool: PgPool,
+    /// The server's own pool (see [`service_pool`]).
+    pub served: PgPool,
     pub channel: Channel,
     /// The actions, for creating tokens directly (as the CLI does).
     pub direct: App,
@@ -109,9 +112,14 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     .await
 }
 
+/// Starts the application over its own pool on `pool`'s database, built
+/// as the service builds it (session timeouts, the in-transaction check),
+/// with `pool`'s size and acquire timeout. `pool` stays the test's own,
+/// for set-up and for checking what was stored.
 pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {
     init_logs();
-    let app = Application::bind("127.0.0.1:0".parse().unwrap(), pool.clone(), options)
+    let served = service_pool(&pool).await;
+    let app = Application::bind("127.0.0.1:0".parse().unwrap(), served.clone(), options)
         .await
         .expect("bind");
     let addr = app.local_addr();
@@ -129,6 +137,7 @@ pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {
     let clients = Clients::new(channel.clone(), Bearer::token(&operator));
     TestApp {
         pool,
+        served,
         channel,
         direct,
         calls: clients.calls,
@@ -136,6 +145,17 @@ pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {
         admin: clients.admin,
         _stop: stop,
     }
+}
+
+/// A pool as the service builds it, on `pool`'s database, of `pool`'s size
+/// and acquire timeout.
+pub async fn service_pool(pool: &PgPool) -> PgPool {
+    let mut args = DatabaseArgs::for_url("");
+    args.max_connections = pool.options().get_max_connections();
+    args.acquire_timeout_ms = pool.options().get_acquire_timeout().as_millis() as u64;
+    connect_pool((*pool.connect_options()).clone(), &args)
+        .await
+        .expect("service pool")
 }
 
 /// Creates a token straight in the store, records it for the privacy check
@@ -147,10 +167,7 @@ pub async fn create_token(
     user: Option<&str>,
     expires_in_seconds: Option<i64>,
 ) -> String {
-    let ctx = RequestContext {
-        request_id: "test".into(),
-        actor: "test".into(),
-    };
+    let ctx = RequestContext::local("test", "test");
     let cmd = CreateAccessToken {
         instance_id: instance.map(InstanceId::from_trusted),
         role,

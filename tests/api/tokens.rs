@@ -62,13 +62,10 @@ async fn no_usable_token_no_entry(pool: PgPool) {
     let app = spawn_app(pool).await;
     let agents = app.ready_agents(&["alice"]).await;
     let revoked = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let ctx = ccc_callcontrol::app::RequestContext {
-        request_id: "t".into(),
-        actor: "test".into(),
-    };
+    let ctx = ccc_callcontrol::app::RequestContext::local("t", "test");
     let id = app
         .direct
-        .list_access_tokens(None)
+        .list_access_tokens(&ctx, None)
         .await
         .unwrap()
         .last()
@@ -82,6 +79,7 @@ async fn no_usable_token_no_entry(pool: PgPool) {
                 INSTANCE,
             )),
             &id,
+            None,
         )
         .await
         .unwrap();

@@ -1,0 +1,306 @@
+//! Units of database work: how an action's reads and writes reach
+//! PostgreSQL so that nothing a caller does can cut them in half.
+//!
+//! A unit runs in a task of its own that owns its connection from acquire
+//! to commit. The request only waits for it: if the caller cancels or its
+//! deadline passes, the request answers (or goes away) and the unit still
+//! runs to its end, commits or rolls back, and returns a connection in a
+//! known state. A unit that does not finish within the database timeout is
+//! dropped and its connection closed, never reused: its state is unknown.
+//! Shutdown waits for the units still running (see [`App::finish_units`]).
+//!
+//! Units also bound what they may take: writes (which can wait on row
+//! locks) and token lookups (which a flood of unknown tokens could
+//! multiply) each get a share of the pool, so neither can hold all of it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgConnection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::store::idempotency::{self, Claim, KeyUse};
+use crate::store::{self, Store};
+
+use super::App;
+
+/// How often a unit that lost a race is tried in all.
+const ATTEMPTS: u32 = 8;
+
+/// A unit's work on its connection (inside the unit's transaction, for
+/// writes). Called again, from the start, after a lost race.
+pub type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
+
+/// The limits a replica's requests and units of work keep to.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The deadline of a request that brings none (and the longest one).
+    pub request_timeout: Duration,
+    /// Longest a unit may take once it has a connection.
+    pub db_timeout: Duration,
+    /// Most requests served at once (see [`App::admit`]).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            db_timeout: Duration::from_secs(5),
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+/// Which share of the pool a unit draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// A transaction that may wait on row locks.
+    Write,
+    /// A token lookup, before the caller is known.
+    Lookup,
+    /// A single read that takes no locks.
+    Read,
+}
+
+/// The units' shared state; cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct Units {
+    tracker: TaskTracker,
+    writes: Arc<Semaphore>,
+    lookups: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
+    request_timeout: Duration,
+    db_timeout: Duration,
+    acquire_timeout: Duration,
+}
+
+impl Units {
+    /// Writes may hold all but a quarter of the pool, lookups a quarter, so
+    /// reads (and lookups) always find a connection while writes wait on a
+    /// hot row, and unknown tokens cannot starve the actions.
+    pub(super) fn new(store: &Store, limits: &Limits) -> Self {
+        let pool = store.max_connections().max(1) as usize;
+        let reserve = (pool / 4).max(1);
+        Self {
+            tracker: TaskTracker::new(),
+            writes: Arc::new(Semaphore::new(pool.saturating_sub(reserve).max(1))),
+            lookups: Arc::new(Semaphore::new(reserve)),
+            requests: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+            request_timeout: limits.request_timeout,
+            db_timeout: limits.db_timeout,
+            acquire_timeout: store.acquire_timeout(),
+        }
+    }
+
+    /// Waits for the lane's share, no longer than the acquire timeout or
+    /// the deadline.
+    async fn enter(
+        &self,
+        lane: Lane,
+        deadline: Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, Error> {
+        let lane_share = match lane {
+            Lane::Write => &self.writes,
+            Lane::Lookup => &self.lookups,
+            Lane::Read => return Ok(None),
+        };
+        let limit = deadline.min(Instant::now() + self.acquire_timeout);
+        match tokio::time::timeout_at(limit.into(), lane_share.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            Ok(Err(closed)) => Err(Error::Unavailable(closed.into())),
+            Err(_) if Instant::now() >= deadline => Err(Error::DeadlineExceeded),
+            Err(_) => Err(Error::Unavailable(anyhow::anyhow!(
+                "no database connection free for {lane:?} work within {:?}",
+                self.acquire_timeout
+            ))),
+        }
+    }
+}
+
+/// What a write unit answers: its result, or the response a first use of
+/// the same idempotency key committed.
+#[derive(Debug)]
+pub enum Done<T> {
+    Fresh(T),
+    Replayed(Vec<u8>),
+}
+
+impl<T> Done<T> {
+    /// The result of a unit that ran without an idempotency key.
+    pub fn fresh(self) -> Result<T, Error> {
+        match self {
+            Self::Fresh(t) => Ok(t),
+            Self::Replayed(_) => Err(Error::Internal(anyhow::anyhow!(
+                "a replay answered a request without an idempotency key"
+            ))),
+        }
+    }
+}
+
+/// Turns a unit's result into the encoded response to keep.
+pub type Encode<T> = Arc<dyn Fn(&T) -> Vec<u8> + Send + Sync>;
+
+/// An idempotency key with the way to encode the response it must keep.
+pub struct Idempotent<T> {
+    pub key: KeyUse,
+    pub encode: Encode<T>,
+}
+
+impl<T> std::fmt::Debug for Idempotent<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotent")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl App {
+    /// Admits a request, or refuses it at once when this replica already
+    /// serves its limit: shedding load beats queueing it without bound.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.units
+            .requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Throttled)
+    }
+
+    /// The deadline of a request that brings none.
+    pub fn request_timeout(&self) -> Duration {
+        self.units.request_timeout
+    }
+
+    /// Runs `work` as a write unit: one READ COMMITTED transaction (with the
+    /// idempotency key claimed first and the response recorded last, if one
+    /// is given), retried whole after a lost race.
+    pub(super) async fn write<T, F>(
+        &self,
+        action: &'static str,
+        deadline: Instant,
+        idempotent: Option<Idempotent<T>>,
+        work: F,
+    ) -> Result<Done<T>, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let work = Arc::new(work);
+        let idempotent = idempotent.map(Arc::new);
+        self.unit(action, Lane::Write, deadline, move |conn| {
+            let (work, idempotent) = (work.clone(), idempotent.clone());
+            Box::pin(async move {
+                let mut tx = store::begin(conn).await?;
+                if let Some(i) = &idempotent {
+                    match idempotency::claim(&mut tx, &i.key).await? {
+                        Claim::New => {}
+                        Claim::Replay(response) => return Ok(Done::Replayed(response)),
+                        Claim::Mismatch => return Err(Error::IdempotentParameterMismatch),
+                    }
+                }
+                let out = work(&mut tx).await?;
+                if let Some(i) = &idempotent {
+                    idempotency::record(&mut tx, &i.key, &(i.encode)(&out)).await?;
+                }
+                store::commit(tx).await?;
+                Ok(Done::Fresh(out))
+            })
+        })
+        .await
+    }
+
+    /// Runs `work` as a unit without a transaction: single statements, which
+    /// PostgreSQL commits (or not) on their own.
+    pub(super) async fn statement<T, F>(
+        &self,
+        action: &'static str,
+        lane: Lane,
+        deadline: Instant,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
+    {
+        self.unit(action, lane, deadline, work).await
+    }
+
+    /// The unit runner: see the module doc.
+    async fn unit<T, F>(
+        &self,
+        action: &'static str,
+        lane: Lane,
+        deadline: Instant,
+        mut work: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
+    {
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded);
+        }
+        let units = self.units.clone();
+        let store = self.store.clone();
+        let task = self.units.tracker.spawn(async move {
+            let _share = units.enter(lane, deadline).await?;
+            let mut conn = tokio::time::timeout_at(deadline.into(), store.acquire())
+                .await
+                .map_err(|_| Error::DeadlineExceeded)??;
+            // Past this point the work starts, and then always ends.
+            if Instant::now() >= deadline {
+                return Err(Error::DeadlineExceeded);
+            }
+            let attempts = async {
+                let mut tries = 1;
+                loop {
+                    match work(&mut conn).await {
+                        Err(Error::Contended(cause)) if tries < ATTEMPTS => {
+                            tracing::debug!(action, tries, cause = %cause, "lost a race; retrying");
+                            let pause = rand::random_range(0..(1u64 << tries.min(6)));
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            tries += 1;
+                        }
+                        other => break other,
+                    }
+                }
+            };
+            let outcome = tokio::time::timeout(units.db_timeout, attempts).await;
+            match outcome {
+                Ok(done) => done,
+                Err(_) => {
+                    // Mid-statement, mid-BEGIN or mid-COMMIT: close it.
+                    drop(conn.detach());
+                    Err(Error::Unavailable(anyhow::anyhow!(
+                        "{action}: the database did not answer within {:?}",
+                        units.db_timeout
+                    )))
+                }
+            }
+        });
+        tokio::select! {
+            joined = task => joined.unwrap_or_else(|e| {
+                Err(Error::Internal(anyhow::anyhow!("{action}: the unit of work failed: {e}")))
+            }),
+            () = tokio::time::sleep_until(deadline.into()) => Err(Error::DeadlineExceeded),
+        }
+    }
+
+    /// Stops taking new units and waits for the running ones, at most until
+    /// `deadline`; returns how many were still running then. Those are
+    /// abandoned: their connections close when the process exits, and
+    /// PostgreSQL rolls back whatever they had not committed.
+    pub async fn finish_units(&self, deadline: Instant) -> usize {
+        let tracker = &self.units.tracker;
+        tracker.close();
+        let _ = tokio::time::timeout_at(deadline.into(), tracker.wait()).await;
+        tracker.len()
+    }
+}
