@@ -132,7 +132,7 @@ impl App {
     ) -> Result<CreatedToken, Error> {
         let job = shared(ctx, cmd);
         let created = self
-            .write("CreateAccessToken", ctx.deadline, None, move |conn| {
+            .write("CreateAccessToken", None, ctx.deadline, None, move |conn| {
                 let job = job.clone();
                 Box::pin(async move { try_create_access_token(conn, &job.0, &job.1).await })
             })
@@ -155,13 +155,19 @@ impl App {
     ) -> Result<Done<TokenRecord>, Error> {
         let job = shared(ctx, &(instance.cloned(), token_id.to_owned()));
         let done = self
-            .write("RevokeAccessToken", ctx.deadline, idempotent, move |conn| {
-                let job = job.clone();
-                Box::pin(async move {
-                    let (ctx, (instance, token_id)) = &*job;
-                    try_revoke_access_token(conn, ctx, instance.as_ref(), token_id).await
-                })
-            })
+            .write(
+                "RevokeAccessToken",
+                None,
+                ctx.deadline,
+                idempotent,
+                move |conn| {
+                    let job = job.clone();
+                    Box::pin(async move {
+                        let (ctx, (instance, token_id)) = &*job;
+                        try_revoke_access_token(conn, ctx, instance.as_ref(), token_id).await
+                    })
+                },
+            )
             .await?;
         self.tokens.forget_token(token_id);
         tracing::info!(token_id, "access token revoked");

@@ -10,7 +10,8 @@ use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
 
 use super::{
-    App, Before, CallAndAgent, Done, Idempotent, RequestContext, change_event, now, persist, shared,
+    App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
+    now, persist, shared,
 };
 
 #[derive(Debug, Clone)]
@@ -55,10 +56,16 @@ impl App {
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
         let job = shared(ctx, cmd);
-        self.write("StartConference", ctx.deadline, idempotent, move |conn| {
-            let job = job.clone();
-            Box::pin(async move { try_start_conference(conn, &job.0, &job.1).await })
-        })
+        self.write(
+            "StartConference",
+            Some(agent_row(&cmd.instance_id, &cmd.user_id)),
+            ctx.deadline,
+            idempotent,
+            move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_start_conference(conn, &job.0, &job.1).await })
+            },
+        )
         .await
     }
 
@@ -69,10 +76,16 @@ impl App {
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
         let job = shared(ctx, cmd);
-        self.write("EndConference", ctx.deadline, idempotent, move |conn| {
-            let job = job.clone();
-            Box::pin(async move { try_end_conference(conn, &job.0, &job.1).await })
-        })
+        self.write(
+            "EndConference",
+            Some(call_row(&cmd.instance_id, &cmd.job_id)),
+            ctx.deadline,
+            idempotent,
+            move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_end_conference(conn, &job.0, &job.1).await })
+            },
+        )
         .await
     }
 
@@ -85,6 +98,7 @@ impl App {
         let job = shared(ctx, cmd);
         self.write(
             "ReportChannelEvent",
+            Some(call_row(&cmd.instance_id, &cmd.job_id)),
             ctx.deadline,
             idempotent,
             move |conn| {

@@ -106,6 +106,21 @@ impl App {
     }
 }
 
+/// The queue key of a call's writes.
+fn call_row(instance: &InstanceId, job: &crate::domain::ids::JobId) -> unit::RowKey {
+    format!("{instance}/call/{job}")
+}
+
+/// The queue key of an agent's writes that are not about a call.
+fn agent_row(instance: &InstanceId, user: &crate::domain::ids::UserId) -> unit::RowKey {
+    format!("{instance}/agent/{user}")
+}
+
+/// The queue key of writes that lock the instance row.
+fn instance_row(instance: &InstanceId) -> unit::RowKey {
+    format!("{instance}/instance")
+}
+
 /// An action's inputs, shared by every attempt of its unit of work.
 fn shared<C: Clone>(ctx: &RequestContext, cmd: &C) -> Arc<(RequestContext, C)> {
     Arc::new((ctx.clone(), cmd.clone()))

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::store::changes::Event;
 use crate::store::provisioning::{self, Instance, Profile};
 
-use super::{App, Done, Idempotent, RequestContext, now, shared};
+use super::{App, Done, Idempotent, RequestContext, instance_row, now, shared};
 
 #[derive(Debug, Clone)]
 pub struct CreateInstance {
@@ -44,10 +44,16 @@ impl App {
         idempotent: Option<Idempotent<Instance>>,
     ) -> Result<Done<Instance>, Error> {
         let job = shared(ctx, cmd);
-        self.write("CreateInstance", ctx.deadline, idempotent, move |conn| {
-            let job = job.clone();
-            Box::pin(async move { try_create_instance(conn, &job.0, &job.1).await })
-        })
+        self.write(
+            "CreateInstance",
+            None,
+            ctx.deadline,
+            idempotent,
+            move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_create_instance(conn, &job.0, &job.1).await })
+            },
+        )
         .await
     }
 
@@ -58,10 +64,16 @@ impl App {
         idempotent: Option<Idempotent<CreatedUser>>,
     ) -> Result<Done<CreatedUser>, Error> {
         let job = shared(ctx, cmd);
-        self.write("CreateUser", ctx.deadline, idempotent, move |conn| {
-            let job = job.clone();
-            Box::pin(async move { try_create_user(conn, &job.0, &job.1).await })
-        })
+        self.write(
+            "CreateUser",
+            Some(instance_row(&cmd.instance_id)),
+            ctx.deadline,
+            idempotent,
+            move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_create_user(conn, &job.0, &job.1).await })
+            },
+        )
         .await
     }
 }

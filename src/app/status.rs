@@ -9,7 +9,9 @@ use crate::store::status;
 
 use super::conference::open_agents;
 use super::unit::Lane;
-use super::{App, Before, Done, Idempotent, RequestContext, change_event, persist, shared};
+use super::{
+    App, Before, Done, Idempotent, RequestContext, agent_row, change_event, persist, shared,
+};
 
 #[derive(Debug, Clone)]
 pub struct PollUserStatus {
@@ -66,10 +68,16 @@ impl App {
         idempotent: Option<Idempotent<(Agent, i64)>>,
     ) -> Result<Done<(Agent, i64)>, Error> {
         let job = shared(ctx, cmd);
-        self.write("ReadyForService", ctx.deadline, idempotent, move |conn| {
-            let job = job.clone();
-            Box::pin(async move { try_ready_for_service(conn, &job.0, &job.1).await })
-        })
+        self.write(
+            "ReadyForService",
+            Some(agent_row(&cmd.instance_id, &cmd.user_id)),
+            ctx.deadline,
+            idempotent,
+            move |conn| {
+                let job = job.clone();
+                Box::pin(async move { try_ready_for_service(conn, &job.0, &job.1).await })
+            },
+        )
         .await
     }
 }

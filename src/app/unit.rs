@@ -12,14 +12,18 @@
 //! Units also bound what they may take: writes (which can wait on row
 //! locks) and token lookups (which a flood of unknown tokens could
 //! multiply) each get a share of the pool, so neither can hold all of it.
+//! And writes to the same call or agent queue here, in the replica, one at
+//! a time: a pile-on of callers on one hot row waits on one connection,
+//! not on every connection of the pool.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
@@ -67,10 +71,37 @@ pub(super) enum Lane {
     Read,
 }
 
+/// The row a write is about (a call, an agent, an instance), as
+/// `instance/kind/id`: writes with the same key take turns in the replica.
+pub(super) type RowKey = String;
+
+type Turns = Arc<Mutex<HashMap<RowKey, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// A write's turn on its row; the queue forgets the row when the last
+/// writer waiting for it is done.
+struct Turn {
+    turns: Turns,
+    key: RowKey,
+    slot: Arc<tokio::sync::Mutex<()>>,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.held.take();
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else waits for this row.
+        if Arc::strong_count(&self.slot) == 2 {
+            turns.remove(&self.key);
+        }
+    }
+}
+
 /// The units' shared state; cheap to clone.
 #[derive(Debug, Clone)]
 pub(super) struct Units {
     tracker: TaskTracker,
+    turns: Turns,
     writes: Arc<Semaphore>,
     lookups: Arc<Semaphore>,
     requests: Arc<Semaphore>,
@@ -88,6 +119,7 @@ impl Units {
         let reserve = (pool / 4).max(1);
         Self {
             tracker: TaskTracker::new(),
+            turns: Turns::default(),
             writes: Arc::new(Semaphore::new(pool.saturating_sub(reserve).max(1))),
             lookups: Arc::new(Semaphore::new(reserve)),
             requests: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
@@ -95,6 +127,27 @@ impl Units {
             db_timeout: limits.db_timeout,
             acquire_timeout: store.acquire_timeout(),
         }
+    }
+
+    /// Waits for the turn on `key`, no longer than the deadline.
+    async fn take_turn(&self, key: RowKey, deadline: Instant) -> Result<Turn, Error> {
+        let slot = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.entry(key.clone()).or_default().clone()
+        };
+        let mut turn = Turn {
+            turns: self.turns.clone(),
+            key,
+            slot,
+            held: None,
+        };
+        let wait = turn.slot.clone().lock_owned();
+        turn.held = Some(
+            tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .map_err(|_| Error::DeadlineExceeded)?,
+        );
+        Ok(turn)
     }
 
     /// Waits for the lane's share, no longer than the acquire timeout or
@@ -177,10 +230,12 @@ impl App {
 
     /// Runs `work` as a write unit: one READ COMMITTED transaction (with the
     /// idempotency key claimed first and the response recorded last, if one
-    /// is given), retried whole after a lost race.
+    /// is given), retried whole after a lost race, after the writes before
+    /// it on the same `row` (if any).
     pub(super) async fn write<T, F>(
         &self,
         action: &'static str,
+        row: Option<RowKey>,
         deadline: Instant,
         idempotent: Option<Idempotent<T>>,
         work: F,
@@ -194,7 +249,7 @@ impl App {
     {
         let work = Arc::new(work);
         let idempotent = idempotent.map(Arc::new);
-        self.unit(action, Lane::Write, deadline, move |conn| {
+        self.unit(action, Lane::Write, row, deadline, move |conn| {
             let (work, idempotent) = (work.clone(), idempotent.clone());
             Box::pin(async move {
                 let mut tx = store::begin(conn).await?;
@@ -229,7 +284,7 @@ impl App {
         T: Send + 'static,
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
     {
-        self.unit(action, lane, deadline, work).await
+        self.unit(action, lane, None, deadline, work).await
     }
 
     /// The unit runner: see the module doc.
@@ -237,6 +292,7 @@ impl App {
         &self,
         action: &'static str,
         lane: Lane,
+        row: Option<RowKey>,
         deadline: Instant,
         mut work: F,
     ) -> Result<T, Error>
@@ -250,6 +306,10 @@ impl App {
         let units = self.units.clone();
         let store = self.store.clone();
         let task = self.units.tracker.spawn(async move {
+            let _turn = match row {
+                Some(key) => Some(units.take_turn(key, deadline).await?),
+                None => None,
+            };
             let _share = units.enter(lane, deadline).await?;
             let mut conn = tokio::time::timeout_at(deadline.into(), store.acquire())
                 .await

@@ -114,11 +114,19 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 /// Starts the application over its own pool on `pool`'s database, built
 /// as the service builds it (session timeouts, the in-transaction check),
-/// with `pool`'s size and acquire timeout. `pool` stays the test's own,
-/// for set-up and for checking what was stored.
+/// with `pool`'s size and acquire timeout ([`service_args`]). `pool` stays
+/// the test's own, for set-up and for checking what was stored.
 pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {
+    let args = service_args(&pool);
+    spawn_app_tuned(pool, options, args).await
+}
+
+/// [`spawn_app_with`], with the server's pool built from `args`.
+pub async fn spawn_app_tuned(pool: PgPool, options: ServeOptions, args: DatabaseArgs) -> TestApp {
     init_logs();
-    let served = service_pool(&pool).await;
+    let served = connect_pool((*pool.connect_options()).clone(), &args)
+        .await
+        .expect("service pool");
     let app = Application::bind("127.0.0.1:0".parse().unwrap(), served.clone(), options)
         .await
         .expect("bind");
@@ -147,15 +155,13 @@ pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {
     }
 }
 
-/// A pool as the service builds it, on `pool`'s database, of `pool`'s size
-/// and acquire timeout.
-pub async fn service_pool(pool: &PgPool) -> PgPool {
+/// The service's database settings, with `pool`'s size and acquire
+/// timeout (the URL is unused: the server connects as `pool` does).
+pub fn service_args(pool: &PgPool) -> DatabaseArgs {
     let mut args = DatabaseArgs::for_url("");
     args.max_connections = pool.options().get_max_connections();
     args.acquire_timeout_ms = pool.options().get_acquire_timeout().as_millis() as u64;
-    connect_pool((*pool.connect_options()).clone(), &args)
-        .await
-        .expect("service pool")
+    args
 }
 
 /// Creates a token straight in the store, records it for the privacy check
