@@ -107,7 +107,7 @@ async fn report_health(reporter: tonic_health::server::HealthReporter, app: App)
     ];
     let mut last = None;
     loop {
-        let status = if app.store().ping().await {
+        let status = if app.store().ping(Duration::from_secs(2)).await {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

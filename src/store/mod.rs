@@ -61,9 +61,11 @@ impl Store {
         self.pool.acquire().await.map_err(db_error)
     }
 
-    /// Whether the database answers; for the health service.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    /// Whether the database answers within `within`; for the health
+    /// service.
+    pub async fn ping(&self, within: std::time::Duration) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(tokio::time::timeout(within, ping).await, Ok(Ok(_)))
     }
 }
 
