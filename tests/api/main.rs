@@ -4,15 +4,20 @@
 //! port, reached through real tonic clients.
 
 mod helpers;
+mod support;
 
 mod access;
 mod admin;
+mod bad_inputs;
 mod concurrency;
 mod contract_json;
 mod end_conference;
 mod failures;
+mod faults;
 mod poll_and_ready;
+mod reliability;
 mod report_channel_event;
+mod shutdown;
 mod start_conference;
 mod tls;
 mod tokens;

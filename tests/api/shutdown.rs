@@ -1,0 +1,285 @@
+//! SIGTERM to the real binary: requests in flight finish and the process
+//! exits 0; with work that cannot finish, it still exits by the shutdown
+//! deadline, and the unfinished work is rolled back.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ccc_callcontrol::domain::access::Role;
+use ccc_callcontrol::proto;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+use crate::helpers::*;
+
+/// The binary serving on a free port over `pool`'s database, with `flags`.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Served {
+    fn start(pool: &PgPool, flags: &[&str]) -> Self {
+        let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let base = base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b);
+        let db = pool
+            .connect_options()
+            .get_database()
+            .expect("a test database")
+            .to_owned();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(flags)
+            .env("DATABASE_URL", format!("{base}/{db}"))
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the binary");
+        // Its log says where it listens; the rest of the log is drained so
+        // the pipe never fills.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the binary logs where it listens")
+                .unwrap();
+            let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if entry["message"] == "serving gRPC" {
+                break entry["address"].as_str().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    async fn clients(&self, token: &str) -> Clients {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        Clients::new(channel, Bearer::token(token))
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`; its exit code.
+    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let give_up = Instant::now() + limit;
+        while Instant::now() < give_up {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready_request(user: &str) -> proto::ReadyForServiceRequest {
+    proto::ReadyForServiceRequest {
+        instance_id: INSTANCE.into(),
+        user_id: user.into(),
+        outbound_scenario: false,
+    }
+}
+
+/// Locks `user`'s row in a transaction of the test's own, until it ends.
+async fn lock_agent(pool: &PgPool, user: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM agents WHERE instance_id = $1 AND user_id = $2 FOR UPDATE")
+        .bind(INSTANCE)
+        .bind(user)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
+async fn wait_for_lock_waiters(pool: &PgPool, n: i64) {
+    for _ in 0..400 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nobody waited on the lock");
+}
+
+/// Requests in flight when SIGTERM arrives (held on a locked row) all
+/// finish OK, other traffic meanwhile gets OK or is refused by the
+/// transport (UNAVAILABLE, or CANCELLED for a stream the closing
+/// connection reset; the drain window of the operations issue will keep
+/// answering those), never INTERNAL, and the process exits 0.
+#[sqlx::test]
+async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice", "bob"]).await;
+    let (alice, bob) = (agents[0].0.clone(), agents[1].0.clone());
+    let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
+    let mut served = Served::start(&pool, &["--shutdown-timeout-ms", "20000"]);
+    let clients = served.clients(&token).await;
+
+    let holder = lock_agent(&pool, &alice).await;
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let mut calls = clients.calls.clone();
+            let request = ready_request(&alice);
+            tokio::spawn(async move { calls.ready_for_service(request).await })
+        })
+        .collect();
+    wait_for_lock_waiters(&pool, 1).await;
+    // Steady traffic on another agent, through the signal.
+    let steady = {
+        let calls = clients.calls.clone();
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for _ in 0..400 {
+                let answer = calls.clone().ready_for_service(ready_request(&bob)).await;
+                let code = answer.map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+                codes.push(code);
+                if code != tonic::Code::Ok {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            codes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    served.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+
+    for request in in_flight {
+        request
+            .await
+            .unwrap()
+            .expect("a request in flight at SIGTERM finishes");
+    }
+    let codes = steady.await.unwrap();
+    assert!(
+        codes.iter().all(|c| matches!(
+            c,
+            tonic::Code::Ok | tonic::Code::Unavailable | tonic::Code::Cancelled
+        )),
+        "{codes:?}"
+    );
+    assert_eq!(served.exit_code(Duration::from_secs(30)).await, Some(0));
+}
+
+/// Work that cannot finish (its row stays locked) does not keep the process
+/// alive past the shutdown deadline, and what it had not committed is
+/// rolled back.
+#[sqlx::test]
+async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let alice = agents[0].0.clone();
+    app.end(
+        &alice,
+        &app.start(&alice, &[CUSTOMER])
+            .await
+            .unwrap()
+            .call_context
+            .unwrap()
+            .job_id,
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.stored_agent(&alice).await.0, "WORKING");
+    let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
+    let mut served = Served::start(
+        &pool,
+        &[
+            "--shutdown-timeout-ms",
+            "1500",
+            "--lock-timeout-ms",
+            "600000",
+            "--db-timeout-ms",
+            "600000",
+            "--request-timeout-ms",
+            "600000",
+        ],
+    );
+    let clients = served.clients(&token).await;
+
+    let holder = lock_agent(&pool, &alice).await;
+    let mut calls = clients.calls.clone();
+    let stuck = tokio::spawn(async move { calls.ready_for_service(ready_request(&alice)).await });
+    wait_for_lock_waiters(&pool, 1).await;
+
+    served.terminate();
+    let code = served.exit_code(Duration::from_secs(20)).await;
+
+    assert_eq!(code, Some(0), "exits by itself, by the deadline");
+    assert!(stuck.await.unwrap().is_err(), "the stuck request was cut");
+    holder.commit().await.unwrap();
+    let alice = agents[0].0.clone();
+    assert_eq!(
+        app.stored_agent(&alice).await.0,
+        "WORKING",
+        "the unfinished ReadyForService was rolled back"
+    );
+}
+
+/// With no database to reach, `serve` keeps trying (and says so) for
+/// `--connect-wait-ms`, then exits non-zero naming the cause.
+#[tokio::test]
+async fn serve_waits_for_the_database_then_gives_up() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--connect-wait-ms",
+                "1500",
+            ])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{port}/nowhere"),
+            )
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.matches("PostgreSQL does not answer yet").count() >= 2,
+        "it retried: {log}"
+    );
+    assert!(log.contains("Failed to reach PostgreSQL"), "{log}");
+}
