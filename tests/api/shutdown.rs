@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 
 use crate::helpers::*;
+use crate::support::proxy::Proxy;
 
 /// The binary serving on a free port over `pool`'s database, with `flags`.
 struct Served {
@@ -19,19 +20,48 @@ struct Served {
     addr: String,
 }
 
+/// `pool`'s database on the server of `DATABASE_URL`, reached at
+/// `through` (e.g. a proxy) if given: `postgres://user:pw@host:port/db`.
+fn database_url(pool: &PgPool, through: Option<std::net::SocketAddr>) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').expect("a database URL");
+    let server = match (through, server.rsplit_once('@')) {
+        (Some(addr), Some((credentials, _))) => format!("{credentials}@{addr}"),
+        (Some(addr), None) => format!("postgres://{addr}"),
+        (None, _) => server.to_owned(),
+    };
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("a test database")
+        .to_owned();
+    format!("{server}/{db}")
+}
+
+/// The address of the server of `DATABASE_URL`.
+fn database_server() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').expect("a database URL");
+    let host_port = server.rsplit_once('@').map_or(server, |(_, h)| h);
+    let host_port = host_port
+        .trim_start_matches("postgres://")
+        .trim_start_matches("postgresql://");
+    host_port.to_socket_addrs().unwrap().next().unwrap()
+}
+
 impl Served {
-    fn start(pool: &PgPool, flags: &[&str]) -> Self {
-        let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let base = base.rsplit_once('/').map_or(base.as_str(), |(b, _)| b);
-        let db = pool
-            .connect_options()
-            .get_database()
-            .expect("a test database")
-            .to_owned();
+    async fn start(pool: &PgPool, flags: &[&str]) -> Self {
+        Self::start_at(&database_url(pool, None), flags).await
+    }
+
+    /// Reads the log on a thread of its own: this test's runtime may be
+    /// what serves the binary's database (a proxy).
+    async fn start_at(database_url: &str, flags: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
             .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
             .args(flags)
-            .env("DATABASE_URL", format!("{base}/{db}"))
+            .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -39,18 +69,24 @@ impl Served {
             .expect("start the binary");
         // Its log says where it listens; the rest of the log is drained so
         // the pipe never fills.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the binary logs where it listens")
-                .unwrap();
-            let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if entry["message"] == "serving gRPC" {
-                break entry["address"].as_str().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let stderr = child.stderr.take().unwrap();
+        let addr = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            let addr = loop {
+                let line = lines
+                    .next()
+                    .expect("the binary logs where it listens")
+                    .unwrap();
+                let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if entry["message"] == "serving gRPC" {
+                    break entry["address"].as_str().unwrap().to_owned();
+                }
+            };
+            std::thread::spawn(move || lines.for_each(drop));
+            addr
+        })
+        .await
+        .unwrap();
         Self { child, addr }
     }
 
@@ -140,7 +176,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let (alice, bob) = (agents[0].0.clone(), agents[1].0.clone());
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let mut served = Served::start(&pool, &["--shutdown-timeout-ms", "20000"]);
+    let mut served = Served::start(&pool, &["--shutdown-timeout-ms", "20000"]).await;
     let clients = served.clients(&token).await;
 
     let holder = lock_agent(&pool, &alice).await;
@@ -226,7 +262,8 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
             "--request-timeout-ms",
             "600000",
         ],
-    );
+    )
+    .await;
     let clients = served.clients(&token).await;
 
     let holder = lock_agent(&pool, &alice).await;
@@ -246,6 +283,54 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
         "WORKING",
         "the unfinished ReadyForService was rolled back"
     );
+}
+
+/// A database that stops answering (connections up, no bytes) does not
+/// keep the process alive past the shutdown deadline either.
+#[sqlx::test]
+async fn sigterm_with_a_silent_database_exits_by_the_deadline(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
+    let proxy = Proxy::start(database_server()).await;
+    let mut served = Served::start_at(
+        &database_url(&pool, Some(proxy.addr())),
+        &[
+            "--shutdown-timeout-ms",
+            "1500",
+            "--db-timeout-ms",
+            "600000",
+            "--request-timeout-ms",
+            "600000",
+            "--token-cache-ms",
+            "60000",
+        ],
+    )
+    .await;
+    let clients = served.clients(&token).await;
+    clients
+        .calls
+        .clone()
+        .ready_for_service(ready_request(&agents[0].0))
+        .await
+        .expect("served through the proxy");
+
+    proxy.stall();
+    let stuck: Vec<_> = (0..3)
+        .map(|_| {
+            let mut calls = clients.calls.clone();
+            let request = ready_request(&agents[0].0);
+            tokio::spawn(async move { calls.ready_for_service(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.terminate();
+    let code = served.exit_code(Duration::from_secs(20)).await;
+
+    assert_eq!(code, Some(0), "exits by itself, by the deadline");
+    for s in stuck {
+        assert!(s.await.unwrap().is_err(), "a stuck request was cut");
+    }
 }
 
 /// With no database to reach, `serve` keeps trying (and says so) for
