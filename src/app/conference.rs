@@ -8,10 +8,11 @@ use sqlx::PgConnection;
 use crate::error::Error;
 use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
+use crate::store::changes;
 
 use super::{
     App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
-    now, persist, shared,
+    now, shared,
 };
 
 #[derive(Debug, Clone)]
@@ -134,7 +135,7 @@ async fn try_start_conference(
     };
     let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
     let event = change_event(ctx, "StartConference", None, &changes);
-    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
     let agent = changes.agent_after(initiator).clone();
     let call = changes.call.expect("a started conference is a call");
     Ok(CallAndAgent {
@@ -175,7 +176,7 @@ async fn try_end_conference(
         }),
         &changes,
     );
-    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
     let agent = changes.agent_after(leaver).clone();
     let call = changes.call.expect("leaving changes the call");
     Ok(CallAndAgent {
@@ -222,7 +223,7 @@ async fn try_report_channel_event(
         }),
         &changes,
     );
-    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
     let call = changes.call.expect("a channel event changes the call");
     Ok(ReportedCall { call, context_id })
 }

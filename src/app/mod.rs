@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 
 pub use access::{CreateAccessToken, CreatedToken, TokenCache};
 pub use conference::{EndConference, ReportChannelEvent, ReportedCall, StartConference};
@@ -23,7 +22,7 @@ pub use provisioning::{CreateInstance, CreateUser, CreatedUser};
 pub use status::{PollUserStatus, ReadyForService};
 pub use unit::{BoxFuture, Done, Idempotent, Limits};
 
-use crate::domain::ids::{InstanceId, Millis};
+use crate::domain::ids::{InstanceId, JobId, Millis, UserId};
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
 use crate::store::Store;
@@ -107,12 +106,12 @@ impl App {
 }
 
 /// The queue key of a call's writes.
-fn call_row(instance: &InstanceId, job: &crate::domain::ids::JobId) -> unit::RowKey {
+fn call_row(instance: &InstanceId, job: &JobId) -> unit::RowKey {
     format!("{instance}/call/{job}")
 }
 
 /// The queue key of an agent's writes that are not about a call.
-fn agent_row(instance: &InstanceId, user: &crate::domain::ids::UserId) -> unit::RowKey {
+fn agent_row(instance: &InstanceId, user: &UserId) -> unit::RowKey {
     format!("{instance}/agent/{user}")
 }
 
@@ -131,17 +130,6 @@ fn now() -> Millis {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Writes an action's decision and its event in the unit's transaction;
-/// returns the event's ID, the new ContextId.
-async fn persist(
-    conn: &mut PgConnection,
-    instance: &InstanceId,
-    event: &Event<'_>,
-    changes: &Changes,
-) -> Result<i64, Error> {
-    crate::store::changes::apply(conn, instance, event, changes).await
 }
 
 /// The state an action found, for its event's `before`.

@@ -5,13 +5,12 @@ use sqlx::PgConnection;
 use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Call, Changes};
 use crate::error::Error;
+use crate::store::changes;
 use crate::store::status;
 
 use super::conference::open_agents;
 use super::unit::Lane;
-use super::{
-    App, Before, Done, Idempotent, RequestContext, agent_row, change_event, persist, shared,
-};
+use super::{App, Before, Done, Idempotent, RequestContext, agent_row, change_event, shared};
 
 #[derive(Debug, Clone)]
 pub struct PollUserStatus {
@@ -101,7 +100,7 @@ async fn try_ready_for_service(
         agents: std::slice::from_ref(agent),
     };
     let event = change_event(ctx, "ReadyForService", Some(before), &changes);
-    let context_id = persist(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
     let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
     Ok((ready, context_id))
 }
