@@ -33,7 +33,7 @@ use crate::error::Error;
 pub fn decode<U: Message + Default>(bytes: impl Buf) -> Result<U, Error> {
     U::decode(bytes).map_err(|e| {
         let message = short_type_name::<U>();
-        tracing::debug!(message, error = %e, "undecodable request");
+        tracing::debug!(request_type = message, error = %e, "undecodable request");
         Error::Malformed(message)
     })
 }
@@ -155,7 +155,7 @@ where
                 _ => return Ok(response),
             };
             tracing::debug!(
-                message,
+                request_type = message,
                 code = ?status.code(),
                 tonic = status.message(),
                 "request refused while reading it"

@@ -88,7 +88,10 @@ pub async fn routes(
     }
     if health {
         let (reporter, service) = tonic_health::server::health_reporter();
-        tokio::spawn(report_health(reporter, app));
+        // The first check before serving: a health query never finds the
+        // services unregistered.
+        let first = report_health(&reporter, &app, None).await;
+        tokio::spawn(keep_reporting_health(reporter, app, first));
         routes.add_service(service);
     }
     Ok(routes.routes())
@@ -97,7 +100,23 @@ pub async fn routes(
 /// Keeps the health status of every service in step with whether the
 /// database answers: a replica that cannot reach PostgreSQL reports
 /// NOT_SERVING so the mesh routes around it.
-async fn report_health(reporter: tonic_health::server::HealthReporter, app: App) {
+async fn keep_reporting_health(
+    reporter: tonic_health::server::HealthReporter,
+    app: App,
+    mut last: tonic_health::ServingStatus,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        last = report_health(&reporter, &app, Some(last)).await;
+    }
+}
+
+/// Checks the database once and publishes the result if it changed.
+async fn report_health(
+    reporter: &tonic_health::server::HealthReporter,
+    app: &App,
+    last: Option<tonic_health::ServingStatus>,
+) -> tonic_health::ServingStatus {
     use tonic_health::ServingStatus;
     const NAMES: &[&str] = &[
         "",
@@ -105,20 +124,16 @@ async fn report_health(reporter: tonic_health::server::HealthReporter, app: App)
         "ccc.v20200701.Telephony",
         "ccc.v20200701.Admin",
     ];
-    let mut last = None;
-    loop {
-        let status = if app.store().ping(Duration::from_secs(2)).await {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if last != Some(status) {
-            tracing::info!(?status, "health");
-            for name in NAMES {
-                reporter.set_service_status(*name, status).await;
-            }
-            last = Some(status);
+    let status = if app.store().ping(Duration::from_secs(2)).await {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    if last != Some(status) {
+        tracing::info!(?status, "health");
+        for name in NAMES {
+            reporter.set_service_status(*name, status).await;
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    status
 }
