@@ -542,3 +542,45 @@ pub fn state_of(channels: &[proto::ChannelContext], destination: &str) -> Channe
         .unwrap_or_else(|| panic!("no channel to {destination}"))
         .channel_state()
 }
+
+/// Sessions of this database waiting for a row lock.
+pub async fn lock_waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+pub fn ready_request(user: &str) -> proto::ReadyForServiceRequest {
+    proto::ReadyForServiceRequest {
+        instance_id: INSTANCE.into(),
+        user_id: user.into(),
+        outbound_scenario: false,
+    }
+}
+
+/// Locks `user`'s row in a transaction of the test's own, until it ends.
+pub async fn lock_agent(pool: &PgPool, user: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM agents WHERE instance_id = $1 AND user_id = $2 FOR UPDATE")
+        .bind(INSTANCE)
+        .bind(user)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
+/// Waits (10 s at most) until `n` sessions wait on a row lock.
+pub async fn wait_for_lock_waiters(pool: &PgPool, n: i64) {
+    for _ in 0..400 {
+        if lock_waiters(pool).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nobody waited on the lock");
+}

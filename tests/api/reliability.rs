@@ -165,28 +165,15 @@ async fn a_hot_row_holds_one_connection_not_the_pool(pool: PgPool) {
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let (alice, bob) = (agents[0].0.clone(), agents[1].0.clone());
 
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM agents WHERE instance_id = $1 AND user_id = $2 FOR UPDATE")
-        .bind(INSTANCE)
-        .bind(&alice)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = lock_agent(&app.pool, &alice).await;
 
     let hot: Vec<_> = (0..16)
         .map(|_| {
             let calls = app.calls.clone();
             let alice = alice.clone();
-            tokio::spawn(async move {
-                calls
-                    .clone()
-                    .ready_for_service(proto::ReadyForServiceRequest {
-                        instance_id: INSTANCE.into(),
-                        user_id: alice,
-                        outbound_scenario: false,
-                    })
-                    .await
-            })
+            tokio::spawn(
+                async move { calls.clone().ready_for_service(ready_request(&alice)).await },
+            )
         })
         .collect();
     // Until the first of them waits on the row lock.
@@ -221,17 +208,6 @@ async fn a_hot_row_holds_one_connection_not_the_pool(pool: PgPool) {
             .unwrap()
             .expect("the hot row's callers get their turn");
     }
-}
-
-/// Sessions of this database waiting for a row lock.
-async fn lock_waiters(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 /// The caller's deadline passes while its action waits: it hears
@@ -528,35 +504,18 @@ async fn over_its_limit_a_replica_sheds_load(pool: PgPool) {
     .await;
     let agents = app.ready_agents(&["alice"]).await;
     let alice = agents[0].0.clone();
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM agents WHERE user_id = $1 FOR UPDATE")
-        .bind(&alice)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = lock_agent(&app.pool, &alice).await;
     // Two requests stuck on the locked row fill the replica.
     let stuck: Vec<_> = (0..2)
         .map(|_| {
             let calls = app.calls.clone();
             let alice = alice.clone();
-            tokio::spawn(async move {
-                calls
-                    .clone()
-                    .ready_for_service(proto::ReadyForServiceRequest {
-                        instance_id: INSTANCE.into(),
-                        user_id: alice,
-                        outbound_scenario: false,
-                    })
-                    .await
-            })
+            tokio::spawn(
+                async move { calls.clone().ready_for_service(ready_request(&alice)).await },
+            )
         })
         .collect();
-    for _ in 0..200 {
-        if lock_waiters(&app.pool).await > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_lock_waiters(&app.pool, 1).await;
 
     let shed = app
         .calls

@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ccc_callcontrol::domain::access::Role;
-use ccc_callcontrol::proto;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
@@ -125,43 +124,6 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn ready_request(user: &str) -> proto::ReadyForServiceRequest {
-    proto::ReadyForServiceRequest {
-        instance_id: INSTANCE.into(),
-        user_id: user.into(),
-        outbound_scenario: false,
-    }
-}
-
-/// Locks `user`'s row in a transaction of the test's own, until it ends.
-async fn lock_agent(pool: &PgPool, user: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM agents WHERE instance_id = $1 AND user_id = $2 FOR UPDATE")
-        .bind(INSTANCE)
-        .bind(user)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    holder
-}
-
-async fn wait_for_lock_waiters(pool: &PgPool, n: i64) {
-    for _ in 0..400 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nobody waited on the lock");
 }
 
 /// Requests in flight when SIGTERM arrives (held on a locked row) all
