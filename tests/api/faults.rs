@@ -410,6 +410,7 @@ async fn a_cancelled_begin_never_leaks_a_transaction() {
         "the sweep must both cut calls short and let some finish: {summary}"
     );
     all_succeed(&c, 100, "after-sweep").await;
+    println!("leak reproduction: {summary}");
 }
 
 /// The phase of a fault test, as its clients see it.
@@ -564,6 +565,7 @@ async fn client(c: Clients, id: usize, deadline: Option<Duration>, shared: Arc<S
 /// acknowledged change is stored, and a run of requests all succeed.
 /// Returns the answers, for the test's own checks, with a summary.
 async fn after_the_fault(
+    test: &str,
     rig: &Rig,
     load: Load,
     allowed: impl Fn(usize, &Answer) -> bool,
@@ -588,6 +590,8 @@ async fn after_the_fault(
         "acknowledged but lost: {missing:?}; {summary}"
     );
     all_succeed(&rig.clients(), 20, "after-the-fault").await;
+    // The figures docs/reliability.md quotes (`--nocapture` shows them).
+    println!("{test}: {summary}");
     (answers, summary)
 }
 
@@ -612,7 +616,7 @@ async fn a_database_outage_gives_only_unavailable_and_loses_nothing() {
     tokio::time::sleep(OUTAGE).await;
     rig.pg.restart().await;
 
-    let (answers, summary) = after_the_fault(&rig, load, |_, a| {
+    let (answers, summary) = after_the_fault("outage", &rig, load, |_, a| {
         matches!(a, Answer::Ok | Answer::Unavailable)
     })
     .await;
@@ -657,7 +661,7 @@ async fn a_silent_database_costs_a_bounded_wait_then_unavailable() {
     .await;
     rig.proxy.resume();
 
-    let (answers, summary) = after_the_fault(&rig, load, |client, a| match a {
+    let (answers, summary) = after_the_fault("silent", &rig, load, |client, a| match a {
         Answer::Ok | Answer::Unavailable => true,
         Answer::Late => !patient(client),
         Answer::Other(_) => false,
@@ -703,7 +707,7 @@ async fn cut_and_refused_connections_give_only_unavailable_and_lose_nothing() {
     .await;
     rig.proxy.refuse(false);
 
-    after_the_fault(&rig, load, |_, a| {
+    after_the_fault("cut", &rig, load, |_, a| {
         matches!(a, Answer::Ok | Answer::Unavailable)
     })
     .await;
