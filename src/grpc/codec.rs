@@ -24,6 +24,7 @@ use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
 use tonic_prost::{ProstCodec, ProstEncoder};
 
+use super::request::new_request_id;
 use super::status::to_status;
 use crate::error::Error;
 
@@ -42,13 +43,6 @@ pub fn decode<U: Message + Default>(bytes: impl Buf) -> Result<U, Error> {
 fn short_type_name<U>() -> &'static str {
     let full = type_name::<U>();
     full.rsplit("::").next().unwrap_or(full)
-}
-
-/// A request ID for an error found before the handler ran, where the
-/// caller's `x-request-id` is out of reach: a new UUID in the reference's
-/// upper-case style, as `request::request_id` makes.
-fn fresh_request_id() -> String {
-    uuid::Uuid::new_v4().to_string().to_uppercase()
 }
 
 /// tonic-prost's codec with [`decode`] as its decoder. The generated
@@ -91,9 +85,10 @@ impl<U: Message + Default> Decoder for ProtoDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        // The caller's x-request-id is out of reach here: a new one.
         decode(buf)
             .map(Some)
-            .map_err(|e| to_status(&e, &fresh_request_id()))
+            .map_err(|e| to_status(&e, &new_request_id()))
     }
 }
 
@@ -160,7 +155,7 @@ where
                 tonic = status.message(),
                 "request refused while reading it"
             );
-            Ok(to_status(&ours, &fresh_request_id()).into_http())
+            Ok(to_status(&ours, &new_request_id()).into_http())
         })
     }
 }

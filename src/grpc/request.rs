@@ -71,8 +71,13 @@ pub(crate) fn request_id(metadata: &MetadataMap) -> String {
         .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(id) => id.to_owned(),
-        None => uuid::Uuid::new_v4().to_string().to_uppercase(),
+        None => new_request_id(),
     }
+}
+
+/// A new request ID: a UUID in the reference's upper-case style.
+pub(crate) fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string().to_uppercase()
 }
 
 /// Authenticates the request's `authorization: Bearer <token>` metadata.
