@@ -34,6 +34,102 @@ pub enum Command {
     /// Manage access tokens directly in the database (bootstrap, rescue).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Load-test one action over real gRPC connections and print
+    /// throughput and latency percentiles (see docs/performance.md).
+    Bench(BenchArgs),
+}
+
+/// What `bench` drives. Every write workload gives each request a fresh
+/// state to act on; the preparation that needs is done between
+/// measurement windows and never timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchWorkload {
+    /// EndConference: the initiator leaves an answered conference.
+    EndConference,
+    /// StartConference: an idle agent calls READY agents and a customer.
+    StartConference,
+    /// ReportChannelEvent: each ringing participant channel is answered.
+    ReportChannelEvent,
+    /// PollUserStatus of the bench's own agents (a read).
+    PollUserStatus,
+    /// Whole call lifecycles, every request timed: ReadyForService,
+    /// StartConference, ReportChannelEvent ANSWERED, EndConference, and
+    /// ReportChannelEvent RELEASED for whoever is left.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The gRPC address of a running service, e.g. 127.0.0.1:50051
+    /// (needs --token). Without it, give --spawn.
+    #[arg(long, required_unless_present = "spawn", conflicts_with = "spawn")]
+    pub target: Option<String>,
+
+    /// Start the service in this process, on a free port, over
+    /// --database-url, and make an operator token for the run.
+    #[arg(long)]
+    pub spawn: bool,
+
+    /// An operator (ADMIN, no instance) token for --target.
+    #[arg(long, env = "CCC_TOKEN", required_unless_present = "spawn")]
+    pub token: Option<String>,
+
+    /// The service's database: served with --spawn (default: the
+    /// service's default database); with --target, only watched (the CPU
+    /// time of its backends), and only if given.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// With --target: the service's process ID, to report its RSS and
+    /// CPU time from /proc. With --spawn the bench reads its own.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// The action to drive.
+    #[arg(long, value_enum, default_value_t = BenchWorkload::EndConference)]
+    pub workload: BenchWorkload,
+
+    /// Requests in flight at once: this many workers, each waiting for
+    /// its answer before it sends the next request.
+    #[arg(long, default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub in_flight: u32,
+
+    /// Seconds of measurement, summed over measurement windows.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+
+    /// Seconds of the same load before measuring, not recorded.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_s: f64,
+
+    /// Parties per conference, the initiator included: the initiator,
+    /// parties − 2 invited agents, and one customer.
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(2..=9))]
+    pub parties: u32,
+
+    /// Agents in the bench's instance. Each conference takes parties − 1
+    /// of them; at least in-flight × (parties − 1) are needed. More agents
+    /// mean longer measurement windows between preparations.
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub agents: u32,
+
+    /// gRPC connections the workers share (0: one per worker).
+    #[arg(long, default_value_t = 0)]
+    pub connections: u32,
+
+    /// With --spawn: route the service's database connections through a
+    /// relay in this process that counts round trips (each Sync or simple
+    /// Query the service sends). The relay is an extra hop, and it turns
+    /// TLS to PostgreSQL off: use it for the count, not for throughput.
+    #[arg(long, requires = "spawn")]
+    pub count_round_trips: bool,
+
+    /// Print one JSON object (the whole report) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,8 +294,15 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_timeout_ms: u64,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests and units of work
-    /// may take to finish, in milliseconds; then the rest are rolled back
+    /// On SIGTERM/SIGINT, how long to keep serving with every health entry
+    /// NOT_SERVING, so load balancers stop sending, before the listener
+    /// closes, in milliseconds.
+    #[arg(long, env = "CCC_DRAIN_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    pub drain_ms: u64,
+
+    /// After the drain, how long in-flight requests and units of work may
+    /// take to finish, in milliseconds; then the rest are rolled back
     /// (their connections closed) and the process exits.
     #[arg(long, env = "CCC_SHUTDOWN_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -265,6 +368,30 @@ mod tests {
                 .to_string();
             assert!(err.contains(flag), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn bench_needs_a_target_or_spawn() {
+        assert!(Cli::try_parse_from(["ccc-callcontrol", "bench"]).is_err());
+        let cli = Cli::try_parse_from(["ccc-callcontrol", "bench", "--spawn"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("bench")
+        };
+        assert_eq!(args.workload, BenchWorkload::EndConference);
+        assert_eq!((args.in_flight, args.parties, args.agents), (8, 3, 256));
+        assert!(
+            Cli::try_parse_from([
+                "ccc-callcontrol",
+                "bench",
+                "--target",
+                "127.0.0.1:1",
+                "--token",
+                "t",
+                "--count-round-trips"
+            ])
+            .is_err(),
+            "counting round trips needs the service in-process"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
                 token_cache_ttl: Duration::from_millis(args.token_cache_ms),
                 request_timeout: Duration::from_millis(args.request_timeout_ms),
                 db_timeout: Duration::from_millis(args.db_timeout_ms),
+                drain: Duration::from_millis(args.drain_ms),
                 shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
                 max_concurrent_requests: args.max_concurrent_requests as usize,
                 max_streams_per_connection: args.max_streams_per_connection,

@@ -165,7 +165,10 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Longest one unit of database work may take once it has a connection.
     pub db_timeout: Duration,
-    /// After the shutdown signal, how long in-flight work may take.
+    /// After the shutdown signal, how long to keep serving with health
+    /// NOT_SERVING, so load balancers notice, before the listener closes.
+    pub drain: Duration,
+    /// After the drain, how long in-flight work may take.
     pub shutdown_timeout: Duration,
     /// Most requests served at once; beyond it requests are shed.
     pub max_concurrent_requests: usize,
@@ -184,6 +187,8 @@ impl Default for ServeOptions {
             token_cache_ttl: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             db_timeout: Duration::from_secs(5),
+            // No drain when embedded (tests); the binary's is --drain-ms.
+            drain: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(15),
             max_concurrent_requests: 512,
             max_streams_per_connection: 128,
@@ -238,19 +243,26 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests and
-    /// units of work finish, for at most the shutdown timeout: past it the
+    /// Serves until `shutdown` completes. Then every health entry turns
+    /// NOT_SERVING and serving goes on for the drain window, so load
+    /// balancers notice; then the listener closes and in-flight requests
+    /// and units of work get the shutdown timeout to finish: past it the
     /// rest are dropped, and PostgreSQL rolls back whatever they had not
     /// committed when their connections close.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let options = &self.options;
-        let routes = crate::grpc::routes(
+        let (routes, health) = crate::grpc::routes(
             self.app.clone(),
             options.reflection,
             options.health,
             options.max_request_bytes,
         )
         .await?;
+        let pool = self.app.store().pool();
+        let storage = health
+            .as_ref()
+            .map(|h| h.watch_storage((*pool.connect_options()).clone()));
+        let storage_abort = storage.as_ref().map(|t| t.abort_handle());
         let mut server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(options.max_streams_per_connection));
         if let Some(tls) = &options.tls {
@@ -261,8 +273,19 @@ impl Application {
         let purge = tokio::spawn(purge_idempotency_keys(self.app.clone()));
 
         let (signalled, mut signalled_at) = tokio::sync::watch::channel(None::<Instant>);
+        let drain = options.drain;
         let signal = async move {
             shutdown.await;
+            if let Some(task) = storage_abort {
+                task.abort();
+            }
+            if let Some(health) = &health {
+                health.draining().await;
+            }
+            if !drain.is_zero() {
+                tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
+                tokio::time::sleep(drain).await;
+            }
             let _ = signalled.send(Some(Instant::now()));
         };
         let timeout = options.shutdown_timeout;
@@ -284,6 +307,9 @@ impl Application {
             }
         };
         purge.abort();
+        if let Some(task) = storage {
+            task.abort();
+        }
         // The units get what is left of the shutdown timeout.
         let signalled = *signal_time.borrow();
         let deadline = signalled.map_or_else(Instant::now, |at| at + timeout);
@@ -296,7 +322,6 @@ impl Application {
         }
         // Closing waits for connections still checked out: bounded, as a
         // silent database could hold them for good.
-        let pool = self.app.store().pool();
         if tokio::time::timeout(Duration::from_secs(1), pool.close())
             .await
             .is_err()

@@ -7,12 +7,11 @@ mod admin;
 mod call_control;
 pub mod codec;
 mod convert;
+pub mod health;
 mod idempotency;
 mod request;
 pub mod status;
 mod telephony;
-
-use std::time::Duration;
 
 use tonic::service::Routes;
 
@@ -23,6 +22,7 @@ use crate::proto::{
 };
 use codec::DecodeGuard;
 
+pub use health::Health;
 pub use idempotency::IDEMPOTENCY_HEADER;
 pub use request::REQUEST_ID_HEADER;
 
@@ -41,8 +41,8 @@ pub mod parse {
 }
 
 /// Every service of the contract, plus (unless turned off) reflection (v1
-/// and v1alpha, so grpcurl 1.8 works) and `grpc.health.v1`, which need no
-/// token. Reflection also knows the `google.rpc` detail types, so `grpcurl`
+/// and v1alpha, so grpcurl 1.8 works) and `grpc.health.v1` (returned as
+/// the handle that flips it), which need no token. Reflection also knows the `google.rpc` detail types, so `grpcurl`
 /// prints error details decoded.
 ///
 /// A request to our services larger than `max_request_bytes` (encoded) is
@@ -53,7 +53,7 @@ pub async fn routes(
     reflection: bool,
     health: bool,
     max_request_bytes: usize,
-) -> anyhow::Result<Routes> {
+) -> anyhow::Result<(Routes, Option<Health>)> {
     let limit = max_request_bytes;
     let mut routes = Routes::builder();
     routes
@@ -86,54 +86,14 @@ pub async fn routes(
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
     }
-    if health {
+    let health = if health {
         let (reporter, service) = tonic_health::server::health_reporter();
-        // The first check before serving: a health query never finds the
-        // services unregistered.
-        let first = report_health(&reporter, &app, None).await;
-        tokio::spawn(keep_reporting_health(reporter, app, first));
+        let health = Health::new(reporter);
+        health.serving().await;
         routes.add_service(service);
-    }
-    Ok(routes.routes())
-}
-
-/// Keeps the health status of every service in step with whether the
-/// database answers: a replica that cannot reach PostgreSQL reports
-/// NOT_SERVING so the mesh routes around it.
-async fn keep_reporting_health(
-    reporter: tonic_health::server::HealthReporter,
-    app: App,
-    mut last: tonic_health::ServingStatus,
-) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        last = report_health(&reporter, &app, Some(last)).await;
-    }
-}
-
-/// Checks the database once and publishes the result if it changed.
-async fn report_health(
-    reporter: &tonic_health::server::HealthReporter,
-    app: &App,
-    last: Option<tonic_health::ServingStatus>,
-) -> tonic_health::ServingStatus {
-    use tonic_health::ServingStatus;
-    const NAMES: &[&str] = &[
-        "",
-        "ccc.v20200701.CallControl",
-        "ccc.v20200701.Telephony",
-        "ccc.v20200701.Admin",
-    ];
-    let status = if app.store().ping(Duration::from_secs(2)).await {
-        ServingStatus::Serving
+        Some(health)
     } else {
-        ServingStatus::NotServing
+        None
     };
-    if last != Some(status) {
-        tracing::info!(?status, "health");
-        for name in NAMES {
-            reporter.set_service_status(*name, status).await;
-        }
-    }
-    status
+    Ok((routes.routes(), health))
 }

@@ -14,6 +14,7 @@ mod contract_json;
 mod end_conference;
 mod failures;
 mod faults;
+mod health;
 mod poll_and_ready;
 mod reliability;
 mod report_channel_event;

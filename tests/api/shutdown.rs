@@ -137,7 +137,11 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let (alice, bob) = (agents[0].0.clone(), agents[1].0.clone());
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let mut served = Served::start(&pool, &["--shutdown-timeout-ms", "20000"]).await;
+    let mut served = Served::start(
+        &pool,
+        &["--shutdown-timeout-ms", "20000", "--drain-ms", "0"],
+    )
+    .await;
     let clients = served.clients(&token).await;
 
     let holder = lock_agent(&pool, &alice).await;
@@ -214,6 +218,8 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
     let mut served = Served::start(
         &pool,
         &[
+            "--drain-ms",
+            "0",
             "--shutdown-timeout-ms",
             "1500",
             "--lock-timeout-ms",
@@ -246,6 +252,61 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
     );
 }
 
+/// SIGTERM: a health Watch sees NOT_SERVING at once, requests are still
+/// served through the drain window (so load balancers can move away), and
+/// then the process exits 0.
+#[sqlx::test]
+async fn sigterm_turns_health_not_serving_and_serves_through_the_drain(pool: PgPool) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
+    let mut served = Served::start(&pool, &["--drain-ms", "2000"]).await;
+    let clients = served.clients(&token).await;
+    let channel = Channel::from_shared(format!("http://{}", served.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_status(&mut watch).await, Some(ServingStatus::Serving));
+
+    served.terminate();
+
+    assert_eq!(
+        next_status(&mut watch).await,
+        Some(ServingStatus::NotServing)
+    );
+    for _ in 0..5 {
+        clients
+            .calls
+            .clone()
+            .ready_for_service(ready_request(&agents[0].0))
+            .await
+            .expect("still served while draining");
+    }
+    assert_eq!(served.exit_code(Duration::from_secs(30)).await, Some(0));
+}
+
+/// The next status a health Watch reports (10 s at most).
+async fn next_status(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("a health change within 10 s")
+        .unwrap()
+        .map(|m| m.status())
+}
+
 /// A database that stops answering (connections up, no bytes) does not
 /// keep the process alive past the shutdown deadline either.
 #[sqlx::test]
@@ -257,6 +318,8 @@ async fn sigterm_with_a_silent_database_exits_by_the_deadline(pool: PgPool) {
     let mut served = Served::start_at(
         &database_url(&pool, Some(proxy.addr())),
         &[
+            "--drain-ms",
+            "0",
             "--shutdown-timeout-ms",
             "1500",
             "--db-timeout-ms",
