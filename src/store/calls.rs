@@ -44,7 +44,10 @@ impl LoadedCall {
 /// channels (joined to `c`, so only once the call is locked), `ag` locks the
 /// acting agent and the agents of live channels, sorted by user ID so two
 /// transactions always lock agents in the same order. Which states are
-/// "live" comes from the domain.
+/// "live" comes from the domain. The agents are named by one array (the
+/// parties' IDs and the actor's), so they are found by primary key: an
+/// `OR … IN (subquery)` here made PostgreSQL read every agent of the
+/// instance (`tests/api/scale.rs`).
 ///
 /// At READ COMMITTED a locking read that waited returns the newest version
 /// of the rows it locked, but the channels are read from the snapshot the
@@ -61,8 +64,8 @@ WITH c AS MATERIALIZED (
 ), ag AS MATERIALIZED (
     SELECT agents.* FROM agents
     WHERE agents.instance_id = $1
-      AND (agents.user_id = $3
-           OR agents.user_id IN (SELECT user_id FROM ch WHERE channel_state = ANY($4)))
+      AND agents.user_id = ANY (
+          ARRAY(SELECT user_id FROM ch WHERE channel_state = ANY($4)) || $3::text)
     ORDER BY agents.user_id
     FOR NO KEY UPDATE
 )

@@ -18,6 +18,7 @@ mod health;
 mod poll_and_ready;
 mod reliability;
 mod report_channel_event;
+mod scale;
 mod shutdown;
 mod start_conference;
 mod tls;

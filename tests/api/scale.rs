@@ -1,0 +1,137 @@
+//! Work per request does not grow with the tenant: loading a call for an
+//! action reads the call, its channels and its parties, not every agent of
+//! the instance.
+
+use ccc_callcontrol::domain::ids::{Extension, InstanceId, JobId, UserId};
+use ccc_callcontrol::store::{self, agents, calls};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// This backend's reads of `table` and its indexes in the current
+/// transaction: (scans started, tuples they returned, heap tuples
+/// fetched), summed over the table (sequential scans) and its indexes
+/// (index scans).
+async fn reads_of(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT sum(pg_stat_get_xact_numscans(r))::int8,
+                sum(pg_stat_get_xact_tuples_returned(r))::int8,
+                sum(pg_stat_get_xact_tuples_fetched(r))::int8
+         FROM (SELECT c.oid AS r FROM pg_class c WHERE c.relname = $1
+               UNION ALL
+               SELECT i.indexrelid FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+               WHERE c.relname = $1) AS rels",
+    )
+    .bind(table)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// Adds `n` agents to `instance`, straight in SQL (fast).
+async fn add_agents(pool: &PgPool, instance: &str, n: i64) {
+    sqlx::query(
+        "INSERT INTO agents (instance_id, user_id, login_name, display_name, extension,
+                             work_mode, device_state, user_state)
+         SELECT $1, 'bulk' || i || '@' || $1, 'bulk' || i, 'Bulk', (100000 + i)::text,
+                'ON_SITE', 'ONLINE', 'READY'
+         FROM generate_series(1, $2) AS i",
+    )
+    .bind(instance)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// What loading `job` for `user` reads of the agents table.
+async fn agent_reads_of_a_load(
+    pool: &PgPool,
+    instance: &str,
+    job: &str,
+    user: &str,
+) -> (i64, i64, i64) {
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = store::begin(&mut conn).await.unwrap();
+    let before = reads_of(&mut tx, "agents").await;
+    let loaded = calls::load(
+        &mut tx,
+        &InstanceId::from_trusted(instance),
+        &JobId::from_trusted(job),
+        Some(&UserId::from_trusted(user)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(loaded.agents.len(), 3, "the three parties");
+    let after = reads_of(&mut tx, "agents").await;
+    (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+}
+
+/// What loading `user` and the agents of `extensions` (StartConference)
+/// reads of the agents table.
+async fn agent_reads_of_a_start(
+    pool: &PgPool,
+    instance: &str,
+    user: &str,
+    extensions: &[&str],
+) -> (i64, i64, i64) {
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = store::begin(&mut conn).await.unwrap();
+    let before = reads_of(&mut tx, "agents").await;
+    let extensions: Vec<Extension> = extensions
+        .iter()
+        .map(|e| Extension::recognize(e).unwrap())
+        .collect();
+    let loaded = agents::load(
+        &mut tx,
+        &InstanceId::from_trusted(instance),
+        &UserId::from_trusted(user),
+        &extensions,
+    )
+    .await
+    .unwrap();
+    assert_eq!(loaded.agents.len(), 1 + extensions.len());
+    let after = reads_of(&mut tx, "agents").await;
+    (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+}
+
+/// The same three-party call in an instance of 3 agents and in one of
+/// 10,003: loading it for EndConference, and loading its agents for
+/// StartConference, read the same agent rows.
+#[sqlx::test]
+async fn loading_a_call_reads_only_its_parties_however_many_agents(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let small = app
+        .answered_conference(&agents[0].0, &["8002", "8003"])
+        .await;
+    let small_reads = agent_reads_of_a_load(&pool, INSTANCE, &small.job_id, &agents[0].0).await;
+    let small_start =
+        agent_reads_of_a_start(&pool, INSTANCE, &agents[0].0, &["8002", "8003"]).await;
+
+    add_agents(&pool, INSTANCE, 10_000).await;
+    sqlx::query("ANALYZE agents").execute(&pool).await.unwrap();
+    for user in &agents {
+        app.end(&user.0, &small.job_id).await.unwrap();
+        app.ready(&user.0).await.unwrap();
+    }
+    let big = app
+        .answered_conference(&agents[0].0, &["8002", "8003"])
+        .await;
+    let big_reads = agent_reads_of_a_load(&pool, INSTANCE, &big.job_id, &agents[0].0).await;
+    let big_start = agent_reads_of_a_start(&pool, INSTANCE, &agents[0].0, &["8002", "8003"]).await;
+
+    // Tuples, not scans: with three rows PostgreSQL may well pick one
+    // sequential scan, with 10,003 one index probe per party.
+    assert_eq!(
+        (big_reads.1, big_reads.2),
+        (small_reads.1, small_reads.2),
+        "agent tuples (returned, fetched) with 10,003 agents vs 3; \
+         (scans, returned, fetched): {big_reads:?} vs {small_reads:?}"
+    );
+    assert_eq!(
+        (big_start.1, big_start.2),
+        (small_start.1, small_start.2),
+        "StartConference's agent tuples with 10,003 agents vs 3: {big_start:?} vs {small_start:?}"
+    );
+}
