@@ -143,6 +143,7 @@ impl Admin for AdminService {
         respond(
             "CreateInstance",
             &id,
+            &r.instance_id,
             &self.app,
             request.metadata(),
             async {
@@ -184,25 +185,32 @@ impl Admin for AdminService {
         request: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::CreateUserResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("CreateUser", &id, &self.app, request.metadata(), async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
-            let cmd = parse_create_user(r)?;
-            authorize(&caller, Action::CreateUser, &cmd.instance_id)?;
-            let replies = Replies::new(
-                request.metadata(),
-                &caller,
-                "CreateUser",
-                cmd.instance_id.as_str(),
-                r,
-                &id,
-                create_user_reply,
-            )?;
-            let done = self
-                .app
-                .create_user(&acting(&id, &caller), &cmd, replies.idempotent())
-                .await?;
-            replies.answer(done)
-        })
+        respond(
+            "CreateUser",
+            &id,
+            &r.instance_id,
+            &self.app,
+            request.metadata(),
+            async {
+                let caller = authenticate(&self.app, request.metadata()).await?;
+                let cmd = parse_create_user(r)?;
+                authorize(&caller, Action::CreateUser, &cmd.instance_id)?;
+                let replies = Replies::new(
+                    request.metadata(),
+                    &caller,
+                    "CreateUser",
+                    cmd.instance_id.as_str(),
+                    r,
+                    &id,
+                    create_user_reply,
+                )?;
+                let done = self
+                    .app
+                    .create_user(&acting(&id, &caller), &cmd, replies.idempotent())
+                    .await?;
+                replies.answer(done)
+            },
+        )
         .await
     }
 
@@ -211,7 +219,7 @@ impl Admin for AdminService {
         request: Request<proto::CreateAccessTokenRequest>,
     ) -> Result<Response<proto::CreateAccessTokenResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("CreateAccessToken", &id, &self.app, request.metadata(), async {
+        respond("CreateAccessToken", &id, &r.instance_id, &self.app, request.metadata(), async {
             let caller = authenticate(&self.app, request.metadata()).await?;
             let CreateAccessTokenParams {
                 instance_id,
@@ -262,6 +270,7 @@ impl Admin for AdminService {
         respond(
             "RevokeAccessToken",
             &id,
+            &r.instance_id,
             &self.app,
             request.metadata(),
             async {

@@ -116,7 +116,7 @@ impl CallControl for CallControlService {
         request: Request<proto::StartConferenceRequest>,
     ) -> Result<Response<proto::StartConferenceResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("StartConference", &id, &self.app, request.metadata(), async {
+        respond("StartConference", &id, &r.instance_id, &self.app, request.metadata(), async {
             let caller = authenticate(&self.app, request.metadata()).await?;
             let StartConferenceParams {
                 instance_id,
@@ -164,35 +164,42 @@ impl CallControl for CallControlService {
         request: Request<proto::EndConferenceRequest>,
     ) -> Result<Response<proto::EndConferenceResponse>, Status> {
         let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("EndConference", &id, &self.app, request.metadata(), async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
-            let EndConferenceParams {
-                instance_id,
-                user_id,
-                job_id,
-            } = parse_end_conference(r)?;
-            authorize(&caller, Action::EndConference, &instance_id)?;
-            let user_id = acting_agent(&caller, user_id)?;
-            let cmd = app::EndConference {
-                instance_id,
-                user_id,
-                job_id,
-            };
-            let replies = Replies::new(
-                request.metadata(),
-                &caller,
-                "EndConference",
-                cmd.instance_id.as_str(),
-                r,
-                &id,
-                end_conference_reply,
-            )?;
-            let done = self
-                .app
-                .end_conference(&acting(&id, &caller), &cmd, replies.idempotent())
-                .await?;
-            replies.answer(done)
-        })
+        respond(
+            "EndConference",
+            &id,
+            &r.instance_id,
+            &self.app,
+            request.metadata(),
+            async {
+                let caller = authenticate(&self.app, request.metadata()).await?;
+                let EndConferenceParams {
+                    instance_id,
+                    user_id,
+                    job_id,
+                } = parse_end_conference(r)?;
+                authorize(&caller, Action::EndConference, &instance_id)?;
+                let user_id = acting_agent(&caller, user_id)?;
+                let cmd = app::EndConference {
+                    instance_id,
+                    user_id,
+                    job_id,
+                };
+                let replies = Replies::new(
+                    request.metadata(),
+                    &caller,
+                    "EndConference",
+                    cmd.instance_id.as_str(),
+                    r,
+                    &id,
+                    end_conference_reply,
+                )?;
+                let done = self
+                    .app
+                    .end_conference(&acting(&id, &caller), &cmd, replies.idempotent())
+                    .await?;
+                replies.answer(done)
+            },
+        )
         .await
     }
 
@@ -204,6 +211,7 @@ impl CallControl for CallControlService {
         respond(
             "PollUserStatus",
             &id,
+            &r.instance_id,
             &self.app,
             request.metadata(),
             async {
@@ -244,6 +252,7 @@ impl CallControl for CallControlService {
         respond(
             "ReadyForService",
             &id,
+            &r.instance_id,
             &self.app,
             request.metadata(),
             async {

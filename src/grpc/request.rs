@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Response, Status};
+use tracing::Instrument;
 
 use crate::app::{App, RequestContext};
 use crate::domain::access::Caller;
-use crate::domain::ids::UserId;
+use crate::domain::ids::{InstanceId, UserId};
 use crate::error::{Error, ParamViolation};
 
 /// Metadata key of the request ID, in and out.
@@ -89,7 +90,9 @@ pub(crate) async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Ca
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    app.authenticate(bearer, deadline()).await
+    let caller = app.authenticate(bearer, deadline()).await?;
+    tracing::Span::current().record("token", caller.token_id.as_str());
+    Ok(caller)
 }
 
 /// What the app records about the request (its ID and who asked) and
@@ -109,29 +112,55 @@ pub(crate) fn optional_user(raw: &str) -> Result<Option<UserId>, ParamViolation>
 }
 
 /// Runs a handler body, if this replica admits the request (else it is
-/// shed at once), under the request's deadline, and turns its outcome into
-/// the gRPC answer: the body's response with `x-request-id`, or the error's
-/// status. Server-side failures are logged with their whole cause chain,
+/// shed at once), under the request's deadline and its tracing span, and
+/// turns its outcome into the gRPC answer: the body's response with
+/// `x-request-id`, or the error's status.
+///
+/// Every request ends in one INFO line, `served`, in its span (rpc, request
+/// ID, instance, the caller's token handle, the W3C trace ID if the caller
+/// sent `traceparent`): gRPC code, contact-center reason, latency.
+/// Server-side failures are also logged with their whole cause chain,
 /// which never leaves the process.
 pub(crate) async fn respond<T>(
     rpc: &'static str,
     request_id: &str,
+    instance: &str,
     app: &App,
     metadata: &MetadataMap,
     body: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
-    let outcome = match app.admit() {
-        Ok(_admitted) => {
-            let deadline = deadline_of(metadata, started, app.request_timeout());
-            DEADLINE.scope(deadline, body).await
+    let span = tracing::info_span!(
+        "request",
+        rpc,
+        request_id,
+        instance = tracing::field::Empty,
+        token = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    // A raw InstanceId is logged only once it is known to be one.
+    if InstanceId::parse("InstanceId", instance).is_ok() {
+        span.record("instance", instance);
+    }
+    if let Some(trace_id) = trace_id(metadata) {
+        span.record("trace_id", trace_id);
+    }
+    let outcome = async {
+        match app.admit() {
+            Ok(_admitted) => {
+                let deadline = deadline_of(metadata, started, app.request_timeout());
+                DEADLINE.scope(deadline, body).await
+            }
+            Err(shed) => Err(shed),
         }
-        Err(shed) => Err(shed),
-    };
-    let elapsed_us = started.elapsed().as_micros() as u64;
+    }
+    .instrument(span.clone())
+    .await;
+    let _in_span = span.enter();
+    let latency_us = started.elapsed().as_micros() as u64;
     match outcome {
         Ok(reply) => {
-            tracing::debug!(rpc, request_id, elapsed_us, "ok");
+            tracing::info!(code = "OK", reason = "OK", latency_us, "served");
             let mut response = Response::new(reply);
             if let Ok(v) = MetadataValue::try_from(request_id) {
                 response.metadata_mut().insert(REQUEST_ID_HEADER, v);
@@ -139,22 +168,32 @@ pub(crate) async fn respond<T>(
             Ok(response)
         }
         Err(e) => {
-            match &e {
-                Error::Internal(cause) | Error::Unavailable(cause) | Error::Contended(cause) => {
-                    tracing::error!(
-                        rpc,
-                        request_id,
-                        elapsed_us,
-                        code = e.code(),
-                        cause = format!("{cause:#}"),
-                        "failed"
-                    );
-                }
-                _ => tracing::info!(rpc, request_id, elapsed_us, code = e.code(), "rejected"),
+            if let Error::Internal(cause) | Error::Unavailable(cause) | Error::Contended(cause) = &e
+            {
+                tracing::error!(reason = e.code(), cause = format!("{cause:#}"), "failed");
             }
+            let code = super::status::grpc_code(&e);
+            tracing::info!(code = ?code, reason = e.code(), latency_us, "served");
             Err(super::status::to_status(&e, request_id))
         }
     }
+}
+
+/// The trace ID of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// so a request's log lines can be found from the caller's trace.
+fn trace_id(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let well_formed = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2);
+    well_formed.then_some(trace)
 }
 
 /// Parses every parameter, binding each to a name; if any is bad, returns
@@ -244,6 +283,30 @@ pub(crate) fn optional<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_traceparent_gives_a_trace_id() {
+        let with = |v: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("traceparent", v.parse().unwrap());
+            trace_id(&m).map(str::to_owned)
+        };
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            with(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(),
+            Some(trace)
+        );
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(with(bad), None, "{bad}");
+        }
+        assert_eq!(trace_id(&MetadataMap::new()), None);
+    }
 
     #[test]
     fn grpc_timeouts_parse_as_the_spec_writes_them() {

@@ -77,6 +77,7 @@ impl Telephony for TelephonyService {
         respond(
             "ReportChannelEvent",
             &id,
+            &r.instance_id,
             &self.app,
             request.metadata(),
             async {

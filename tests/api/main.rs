@@ -15,6 +15,7 @@ mod end_conference;
 mod failures;
 mod faults;
 mod health;
+mod logs;
 mod poll_and_ready;
 mod reliability;
 mod report_channel_event;
