@@ -81,6 +81,10 @@ async fn wait_for_database(args: &DatabaseArgs) -> anyhow::Result<bool> {
 /// left open, and its locks with it.
 const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often PostgreSQL checks, while running one of our statements, that
+/// we are still connected.
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A pool on `options` with the service's session settings and limits:
 /// statement and lock timeouts, the idle-in-transaction timeout, and a
 /// check that each connection handed out is outside any transaction (in
@@ -95,6 +99,13 @@ pub async fn connect_pool(
         (
             "idle_in_transaction_session_timeout",
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string(),
+        ),
+        // A statement whose client is gone (the replica was stopped at its
+        // shutdown deadline) is aborted, not committed, even while it
+        // waits for a lock.
+        (
+            "client_connection_check_interval",
+            CLIENT_CHECK_INTERVAL.as_millis().to_string(),
         ),
     ];
     if args.statement_timeout_ms > 0 {

@@ -57,7 +57,7 @@ impl App {
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
         let job = shared(ctx, cmd);
-        self.write(
+        self.write_guarded(
             "StartConference",
             Some(agent_row(&cmd.instance_id, &cmd.user_id)),
             ctx.deadline,
@@ -77,7 +77,7 @@ impl App {
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
         let job = shared(ctx, cmd);
-        self.write(
+        self.write_guarded(
             "EndConference",
             Some(call_row(&cmd.instance_id, &cmd.job_id)),
             ctx.deadline,
@@ -97,7 +97,7 @@ impl App {
         idempotent: Option<Idempotent<ReportedCall>>,
     ) -> Result<Done<ReportedCall>, Error> {
         let job = shared(ctx, cmd);
-        self.write(
+        self.write_guarded(
             "ReportChannelEvent",
             Some(call_row(&cmd.instance_id, &cmd.job_id)),
             ctx.deadline,
@@ -135,7 +135,8 @@ async fn try_start_conference(
     };
     let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
     let event = change_event(ctx, "StartConference", None, &changes);
-    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id =
+        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let agent = changes.agent_after(initiator).clone();
     let call = changes.call.expect("a started conference is a call");
     Ok(CallAndAgent {
@@ -176,7 +177,8 @@ async fn try_end_conference(
         }),
         &changes,
     );
-    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id =
+        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let agent = changes.agent_after(leaver).clone();
     let call = changes.call.expect("leaving changes the call");
     Ok(CallAndAgent {
@@ -223,7 +225,8 @@ async fn try_report_channel_event(
         }),
         &changes,
     );
-    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id =
+        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let call = changes.call.expect("a channel event changes the call");
     Ok(ReportedCall { call, context_id })
 }

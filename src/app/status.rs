@@ -67,7 +67,7 @@ impl App {
         idempotent: Option<Idempotent<(Agent, i64)>>,
     ) -> Result<Done<(Agent, i64)>, Error> {
         let job = shared(ctx, cmd);
-        self.write(
+        self.write_guarded(
             "ReadyForService",
             Some(agent_row(&cmd.instance_id, &cmd.user_id)),
             ctx.deadline,
@@ -100,7 +100,8 @@ async fn try_ready_for_service(
         agents: std::slice::from_ref(agent),
     };
     let event = change_event(ctx, "ReadyForService", Some(before), &changes);
-    let context_id = changes::apply(conn, &cmd.instance_id, &event, &changes).await?;
+    let context_id =
+        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
     Ok((ready, context_id))
 }

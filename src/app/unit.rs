@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::time::error::Elapsed;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
@@ -32,8 +33,10 @@ use crate::store::{self, Store};
 
 use super::App;
 
-/// How often a unit that lost a race is tried in all.
-const ATTEMPTS: u32 = 8;
+/// How often a unit that lost a race is tried in all, at most: in practice
+/// it is the database timeout that bounds the retries (a lost race costs a
+/// read and a backed-off pause of up to 64 ms).
+const ATTEMPTS: u32 = 64;
 
 /// A unit's work on its connection (inside the unit's transaction, for
 /// writes). Called again, from the start, after a lost race.
@@ -126,6 +129,40 @@ impl Units {
             request_timeout: limits.request_timeout,
             db_timeout: limits.db_timeout,
             acquire_timeout: store.acquire_timeout(),
+        }
+    }
+
+    /// One attempt of a unit's work: its lane's share, a connection, the
+    /// work. Not started once `deadline` has passed; bounded, with the
+    /// attempts before it, by the database timeout (`give_up`, set by the
+    /// first attempt that starts). Work cut off by that timeout leaves its
+    /// connection in an unknown state: it is closed, never reused.
+    async fn attempt<T, F>(
+        &self,
+        store: &Store,
+        lane: Lane,
+        deadline: Instant,
+        give_up: &mut Option<Instant>,
+        work: &mut F,
+    ) -> Result<T, Error>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>>,
+    {
+        let _share = self.enter(lane, deadline).await?;
+        let mut conn = tokio::time::timeout_at(deadline.into(), store.acquire())
+            .await
+            .map_err(|_| Error::DeadlineExceeded)??;
+        // Past this point the work starts, and then always ends.
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded);
+        }
+        let give_up = *give_up.get_or_insert_with(|| Instant::now() + self.db_timeout);
+        match tokio::time::timeout_at(give_up.into(), work(&mut conn)).await {
+            Ok(done) => done,
+            Err(elapsed) => {
+                drop(conn.detach());
+                Err(Error::Unavailable(elapsed.into()))
+            }
         }
     }
 
@@ -271,6 +308,34 @@ impl App {
         .await
     }
 
+    /// Runs `work`, a read and one guarded write (see `store::changes`), as
+    /// a unit: without a transaction, so in as few round trips as the
+    /// statements themselves, retried whole after a lost race. With an
+    /// idempotency key it runs as [`App::write`] does, in a transaction that
+    /// holds the key.
+    pub(super) async fn write_guarded<T, F>(
+        &self,
+        action: &'static str,
+        row: Option<RowKey>,
+        deadline: Instant,
+        idempotent: Option<Idempotent<T>>,
+        work: F,
+    ) -> Result<Done<T>, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if idempotent.is_some() {
+            return self.write(action, row, deadline, idempotent, work).await;
+        }
+        self.unit(action, Lane::Write, row, deadline, work)
+            .await
+            .map(Done::Fresh)
+    }
+
     /// Runs `work` as a unit without a transaction: single statements, which
     /// PostgreSQL commits (or not) on their own.
     pub(super) async fn statement<T, F>(
@@ -310,38 +375,30 @@ impl App {
                 Some(key) => Some(units.take_turn(key, deadline).await?),
                 None => None,
             };
-            let _share = units.enter(lane, deadline).await?;
-            let mut conn = tokio::time::timeout_at(deadline.into(), store.acquire())
-                .await
-                .map_err(|_| Error::DeadlineExceeded)??;
-            // Past this point the work starts, and then always ends.
-            if Instant::now() >= deadline {
-                return Err(Error::DeadlineExceeded);
-            }
-            let attempts = async {
-                let mut tries = 1;
-                loop {
-                    match work(&mut conn).await {
-                        Err(Error::Contended(cause)) if tries < ATTEMPTS => {
-                            tracing::debug!(action, tries, cause = %cause, "lost a race; retrying");
-                            let pause = rand::random_range(0..(1u64 << tries.min(6)));
-                            tokio::time::sleep(Duration::from_millis(pause)).await;
-                            tries += 1;
-                        }
-                        other => break other,
+            // The database timeout bounds every attempt together.
+            let mut give_up = None;
+            let mut tries = 1;
+            loop {
+                match units
+                    .attempt(&store, lane, deadline, &mut give_up, &mut work)
+                    .await
+                {
+                    // A lost race wrote nothing: try again, on a
+                    // connection taken anew after a pause (none is held
+                    // while waiting), unless the caller's time is up.
+                    Err(Error::Contended(cause)) if tries < ATTEMPTS => {
+                        tracing::debug!(action, tries, cause = %cause, "lost a race; retrying");
+                        let pause = rand::random_range(0..(1u64 << tries.min(6)));
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        tries += 1;
                     }
-                }
-            };
-            let outcome = tokio::time::timeout(units.db_timeout, attempts).await;
-            match outcome {
-                Ok(done) => done,
-                Err(_) => {
-                    // Mid-statement, mid-BEGIN or mid-COMMIT: close it.
-                    drop(conn.detach());
-                    Err(Error::Unavailable(anyhow::anyhow!(
-                        "{action}: the database did not answer within {:?}",
-                        units.db_timeout
-                    )))
+                    Err(Error::Unavailable(cause)) if cause.is::<Elapsed>() => {
+                        return Err(Error::Unavailable(anyhow::anyhow!(
+                            "{action}: the database did not answer within {:?}",
+                            units.db_timeout
+                        )));
+                    }
+                    other => return other,
                 }
             }
         });

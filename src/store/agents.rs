@@ -5,12 +5,13 @@ use crate::domain::Agent;
 use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
-use super::rows::{AgentRow, actor_context_id, decode};
+use super::changes::Versions;
+use super::rows::{AgentRow, actor_context_id, agent_versions, decode};
 use sqlx::PgConnection;
 
 use super::db_error;
 
-/// The agents an action found, locked until the transaction ends.
+/// The agents an action found, as of one snapshot.
 #[derive(Debug)]
 pub struct LoadedAgents {
     pub instance_exists: bool,
@@ -18,6 +19,8 @@ pub struct LoadedAgents {
     pub agents: Vec<Agent>,
     /// The last event that changed the acting agent (0 if it is unknown).
     pub actor_context_id: i64,
+    /// What the write must find unchanged.
+    pub versions: Versions,
 }
 
 impl LoadedAgents {
@@ -26,20 +29,18 @@ impl LoadedAgents {
     }
 }
 
-/// Locks in user-ID order: the same order every call action uses.
+/// The acting agent and the agents of `extensions`, in one snapshot.
 const LOAD: &str = r#"
 WITH ag AS MATERIALIZED (
     SELECT * FROM agents
     WHERE instance_id = $1 AND (user_id = $2 OR extension = ANY($3))
-    ORDER BY user_id
-    FOR NO KEY UPDATE
 )
 SELECT
     EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
     (SELECT coalesce(jsonb_agg(to_jsonb(ag) ORDER BY ag.user_id), '[]') FROM ag) AS agents
 "#;
 
-/// Locks and reads agent `user` of `instance` and the agents with any of
+/// Reads agent `user` of `instance` and the agents with any of
 /// `extensions`.
 pub async fn load(
     conn: &mut PgConnection,
@@ -59,6 +60,10 @@ pub async fn load(
     Ok(LoadedAgents {
         instance_exists,
         actor_context_id: actor_context_id(&rows, Some(user)),
+        versions: Versions {
+            call: None,
+            agents: agent_versions(&rows),
+        },
         agents: rows.into_iter().map(AgentRow::into_agent).collect(),
     })
 }

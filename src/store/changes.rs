@@ -1,6 +1,7 @@
 //! Writing what an action decided: the call (new or updated), the channels
 //! that changed, the agents that changed and the event row that records it,
-//! all in one statement.
+//! all in one statement, guarded: it writes only if the rows the decision
+//! was made on are as they were read ([`Versions`]).
 
 use serde_json::Value;
 
@@ -27,15 +28,47 @@ pub struct Event<'a> {
     pub after: Value,
 }
 
+/// The versions (`context_id`, the last event that changed them) of the
+/// rows a decision was made on: the call, if there was one, and every agent
+/// loaded with it.
+#[derive(Debug, Clone, Default)]
+pub struct Versions {
+    pub call: Option<i64>,
+    pub agents: Vec<(UserId, i64)>,
+}
+
 /// One statement for every kind of change. `$9` says what happens to the
-/// call: 'insert', 'update' or 'none'. The event goes in first; every other
-/// row written points at it (`context_id`), which is how ContextId reaches
-/// calls and agents without another round trip. Each part reports how many
-/// rows it wrote, so a mismatch with the decision is caught before commit.
+/// call: 'insert', 'update' or 'none'.
+///
+/// First the guard: `gc` and `ga` lock the call and the agents the decision
+/// read (call first, agents by user ID, as everywhere), and `ok` says
+/// whether they are still the versions read (`$32`, `$33`/`$34`). A lock
+/// wait ends with the newest versions, so a concurrent change makes `ok`
+/// false, nothing is written, and no row comes back: the caller reads and
+/// decides again. Every write hangs off `ev`, which exists only if `ok`.
+///
+/// The event goes in first; every other row written points at it
+/// (`context_id`), which is how ContextId reaches calls and agents without
+/// another round trip. Each part reports how many rows it wrote, so a
+/// mismatch with the decision is caught.
 const APPLY: &str = r#"
-WITH ev AS (
+WITH gc AS MATERIALIZED (
+    SELECT context_id FROM calls
+    WHERE $32::int8 IS NOT NULL AND instance_id = $1 AND job_id = $5
+    FOR NO KEY UPDATE
+), ga AS MATERIALIZED (
+    SELECT user_id, context_id FROM agents
+    WHERE instance_id = $1 AND user_id = ANY ($33::text[])
+    ORDER BY user_id
+    FOR NO KEY UPDATE
+), ok AS MATERIALIZED (
+    SELECT ($32::int8 IS NULL OR (SELECT context_id FROM gc) = $32)
+       AND (SELECT count(*) FROM ga
+            JOIN unnest($33::text[], $34::int8[]) AS v(user_id, context_id)
+            USING (user_id, context_id)) = cardinality($33::text[]) AS ok
+), ev AS (
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM ok WHERE ok.ok
     RETURNING event_id
 ), new_call AS (
     INSERT INTO calls (instance_id, job_id, call_type, initiator, tags, timeout_seconds,
@@ -55,6 +88,7 @@ WITH ev AS (
     SELECT $1, $5, u.*
     FROM unnest($16::text[], $17::int4[], $18::text[], $19::text[], $20::text[], $21::text[],
                 $22::text[], $23::text[], $24::text[], $25::text[], $26::int8[]) AS u
+    WHERE EXISTS (SELECT 1 FROM ev)
     ON CONFLICT (instance_id, job_id, channel_id) DO UPDATE
         SET channel_state = excluded.channel_state,
             release_initiator = excluded.release_initiator,
@@ -78,13 +112,15 @@ SELECT ev.event_id,
 FROM ev
 "#;
 
-/// Writes `changes` and `event` for `instance`; returns the event's ID, the
-/// new ContextId.
+/// Writes `changes` and `event` for `instance` if the rows are still at
+/// `read`; returns the event's ID, the new ContextId. If they changed it
+/// writes nothing and fails with [`Error::Contended`]: decide again.
 pub async fn apply(
     conn: &mut PgConnection,
     instance: &InstanceId,
     event: &Event<'_>,
     changes: &Changes,
+    read: &Versions,
 ) -> Result<i64, Error> {
     let call = changes.call.as_ref();
     let call_mode = match (call, changes.call_created) {
@@ -96,7 +132,12 @@ pub async fn apply(
     let ch = ChannelColumns::of(changes.changed_channels());
     let ag = AgentColumns::of(&changes.agents);
 
-    let (event_id, calls, channels, agents): (i64, i64, i64, i64) = sqlx::query_as(APPLY)
+    let (read_agents, read_agent_versions): (Vec<&str>, Vec<i64>) = read
+        .agents
+        .iter()
+        .map(|(user, version)| (user.as_str(), *version))
+        .unzip();
+    let written: Option<(i64, i64, i64, i64)> = sqlx::query_as(APPLY)
         .bind(instance.as_str())
         .bind(event.request_id)
         .bind(event.action)
@@ -128,7 +169,10 @@ pub async fn apply(
         .bind(&ag.job_id)
         .bind(&ag.break_code)
         .bind(&ag.outbound_scenario)
-        .fetch_one(&mut *conn)
+        .bind(read.call)
+        .bind(&read_agents)
+        .bind(&read_agent_versions)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {
             // Two new calls drew the same JobId (same millisecond, same six
@@ -137,6 +181,12 @@ pub async fn apply(
             Some("calls_pkey") => Error::Contended(e.into()),
             _ => db_error(e),
         })?;
+    let Some((event_id, calls, channels, agents)) = written else {
+        return Err(Error::Contended(anyhow::anyhow!(
+            "{}: the rows changed after they were read",
+            event.action
+        )));
+    };
 
     let expected = (
         i64::from(call.is_some()),

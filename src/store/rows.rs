@@ -113,6 +113,13 @@ pub(crate) fn actor_context_id(rows: &[AgentRow], actor: Option<&UserId>) -> i64
         .map_or(0, |r| r.context_id)
 }
 
+/// The version (`context_id`) of each agent in `rows`.
+pub(crate) fn agent_versions(rows: &[AgentRow]) -> Vec<(UserId, i64)> {
+    rows.iter()
+        .map(|r| (r.user_id.clone(), r.context_id))
+        .collect()
+}
+
 /// Decodes a JSON value a query built from table rows.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
     serde_json::from_value(value)

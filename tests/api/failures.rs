@@ -112,7 +112,7 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
         after: serde_json::json!({}),
     };
 
-    let err = changes::apply(&mut tx, &instance, &event, &decided)
+    let err = changes::apply(&mut tx, &instance, &event, &decided, &loaded.versions)
         .await
         .unwrap_err();
 

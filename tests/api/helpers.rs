@@ -403,6 +403,15 @@ impl TestApp {
         end_with(&self.calls, instance, user, job).await
     }
 
+    /// Takes `user` through a call with a customer, so it ends WORKING: a
+    /// state ReadyForService changes (it leaves a READY agent as it is).
+    pub async fn make_working(&self, user: &str) {
+        let started = self.start(user, &[CUSTOMER]).await.expect("a call");
+        let job = started.call_context.unwrap().job_id;
+        self.end(user, &job).await.expect("leaving it");
+        assert_eq!(self.stored_agent(user).await.0, "WORKING");
+    }
+
     /// Clients holding `user`'s own AGENT token in the test instance.
     pub async fn agent(&self, user: &str) -> Clients {
         self.clients_as(Some(INSTANCE), Role::Agent, Some(user))

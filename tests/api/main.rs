@@ -19,6 +19,7 @@ mod logs;
 mod poll_and_ready;
 mod reliability;
 mod report_channel_event;
+mod round_trips;
 mod scale;
 mod shutdown;
 mod start_conference;

@@ -164,6 +164,7 @@ async fn a_hot_row_holds_one_connection_not_the_pool(pool: PgPool) {
     .await;
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let (alice, bob) = (agents[0].0.clone(), agents[1].0.clone());
+    app.make_working(&alice).await;
 
     let holder = lock_agent(&app.pool, &alice).await;
 
@@ -504,6 +505,7 @@ async fn over_its_limit_a_replica_sheds_load(pool: PgPool) {
     .await;
     let agents = app.ready_agents(&["alice"]).await;
     let alice = agents[0].0.clone();
+    app.make_working(&alice).await;
     let holder = lock_agent(&app.pool, &alice).await;
     // Two requests stuck on the locked row fill the replica.
     let stuck: Vec<_> = (0..2)
