@@ -85,10 +85,17 @@ pub async fn commit(tx: Tx<'_>) -> Result<(), Error> {
 /// cancelled, sqlx 0.8.6's `begin()` is not cancel-safe) answers `false`, or
 /// an error if that transaction failed, and is closed instead of reused.
 /// This takes the place of sqlx's own ping, so it costs no extra round trip.
+///
+/// It must go as a simple query: in the extended protocol the implicit
+/// transaction starts at Bind and the statement's time is taken again at
+/// Execute, so the two differ even outside any transaction block.
 pub async fn is_outside_transaction(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let outside: bool = sqlx::query_scalar("SELECT now() = statement_timestamp()")
-        .fetch_one(conn)
+    use sqlx::{Executor, Row};
+    // A bare string has no arguments: sqlx sends it as a simple query.
+    let row = conn
+        .fetch_one("SELECT now() = statement_timestamp()")
         .await?;
+    let outside: bool = row.try_get(0)?;
     if !outside {
         tracing::warn!("a pooled connection was inside a transaction; closing it");
     }

@@ -118,3 +118,43 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
 
     assert!(matches!(err, Error::Contended(_)), "{err:?}");
 }
+
+/// The service's pool reuses a healthy connection (its check of "outside a
+/// transaction" must not misfire), and closes one that was left inside a
+/// transaction instead of handing it out again.
+#[sqlx::test]
+async fn the_pool_reuses_clean_connections_and_closes_one_left_in_a_transaction(pool: PgPool) {
+    use sqlx::Executor;
+
+    let mut args = service_args(&pool);
+    args.max_connections = 1;
+    let served = ccc_callcontrol::startup::connect_pool((*pool.connect_options()).clone(), &args)
+        .await
+        .unwrap();
+    let pid = |served: PgPool| async move {
+        sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(&served)
+            .await
+            .unwrap()
+    };
+    let first = pid(served.clone()).await;
+    for _ in 0..20 {
+        assert_eq!(
+            pid(served.clone()).await,
+            first,
+            "the same connection, reused"
+        );
+    }
+
+    // Left inside a transaction, as a cancelled begin() would leave it.
+    let mut conn = served.acquire().await.unwrap();
+    conn.execute("BEGIN").await.unwrap();
+    drop(conn);
+
+    let next = pid(served.clone()).await;
+    assert_ne!(
+        next, first,
+        "the connection left in a transaction was closed"
+    );
+    assert_eq!(pid(served.clone()).await, next, "and the new one is reused");
+}
