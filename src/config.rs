@@ -124,7 +124,7 @@ pub struct BenchArgs {
     /// relay in this process that counts round trips (each Sync or simple
     /// Query the service sends). The relay is an extra hop, and it turns
     /// TLS to PostgreSQL off: use it for the count, not for throughput.
-    #[arg(long, requires = "spawn")]
+    #[arg(long, conflicts_with = "target")]
     pub count_round_trips: bool,
 
     /// Print one JSON object (the whole report) instead of the table.

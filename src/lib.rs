@@ -10,9 +10,12 @@
 //! - [`grpc`]: translation between proto and domain, and the one place that
 //!   maps [`error::Error`] to a gRPC status;
 //! - [`startup`], [`config`], [`telemetry`]: wiring; [`cli`]: the `token`
-//!   subcommands; `main.rs` only calls them.
+//!   subcommands; `main.rs` only calls them;
+//! - [`bench`]: the `bench` subcommand, a load generator that is only a
+//!   gRPC client of the service (docs/performance.md).
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;

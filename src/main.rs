@@ -1,5 +1,6 @@
-//! `ccc-callcontrol serve | migrate | token …`: parses the command line and
-//! hands over to `startup` (serving) or `cli` (token management).
+//! `ccc-callcontrol serve | migrate | token … | bench`: parses the command
+//! line and hands over to `startup` (serving), `cli` (token management) or
+//! `bench` (load generation).
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         Command::Token(command) => cli::token(command).await?,
+        Command::Bench(args) => ccc_callcontrol::bench::main(args).await?,
         Command::Serve(args) => {
             let tls = match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => {

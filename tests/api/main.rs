@@ -9,6 +9,7 @@ mod support;
 mod access;
 mod admin;
 mod bad_inputs;
+mod bench;
 mod concurrency;
 mod contract_json;
 mod end_conference;

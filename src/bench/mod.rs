@@ -1,0 +1,323 @@
+//! `ccc-callcontrol bench`: a load generator that is only a client. It
+//! provisions its own instance and agents through the public API, keeps a
+//! fixed number of requests in flight over real gRPC connections, and
+//! reports throughput, latency percentiles and where the time went (server
+//! RSS and CPU, PostgreSQL backend CPU, database round trips).
+//!
+//! Write workloads need a fresh state per request (an EndConference on a
+//! conference already left is a cheap no-op), so the run alternates
+//! untimed *preparation* with timed *measurement windows*; only the windows
+//! count towards `--duration-s` and the figures. See docs/performance.md.
+
+mod probe;
+mod relay;
+mod report;
+mod workload;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::app::{App, CreateAccessToken, RequestContext, TokenCache};
+use crate::config::{BenchArgs, BenchWorkload, DEFAULT_DATABASE_URL, DatabaseArgs};
+use crate::domain::access::Role;
+use crate::startup::{Application, ServeOptions, connect_pool, prepare_database};
+use crate::store::Store;
+
+pub use report::{Percentiles, Report};
+use workload::{Clients, Mode, Recorder};
+
+/// How hard and how long to push, independent of where the service runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workload: BenchWorkload,
+    pub in_flight: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub parties: usize,
+    pub agents: usize,
+}
+
+impl From<&BenchArgs> for Settings {
+    fn from(args: &BenchArgs) -> Self {
+        Self {
+            workload: args.workload,
+            in_flight: args.in_flight as usize,
+            duration: Duration::from_secs_f64(args.duration_s.max(0.0)),
+            warmup: Duration::from_secs_f64(args.warmup_s.max(0.0)),
+            parties: args.parties as usize,
+            agents: args.agents as usize,
+        }
+    }
+}
+
+/// Where the requests go: connections to one service and an operator
+/// token. Worker `i` uses connection `i % len`.
+pub struct Target {
+    pub channels: Vec<Channel>,
+    pub token: String,
+}
+
+/// What the bench watches besides its own requests; every part optional.
+#[derive(Default)]
+pub struct Watch {
+    /// The service's process, for RSS and CPU time.
+    pub server_pid: Option<u32>,
+    /// Whether that process is this one (so its CPU includes the client).
+    pub in_process: bool,
+    /// The service's database, for its backends' CPU time. A pool of its
+    /// own, so the watcher's queries never take a service connection.
+    pub database: Option<PgPool>,
+    /// Round trips the service sent, counted by the relay.
+    pub round_trips: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Database connections the service opened, counted by the relay.
+    pub connections: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// The `bench` subcommand: runs and prints the report.
+pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
+    let report = run(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// Connects to `--target` or spawns the service, then [`drive`]s it.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    let settings = Settings::from(args);
+    let connections = match args.connections {
+        0 => settings.in_flight,
+        n => n as usize,
+    };
+    match &args.target {
+        Some(address) => {
+            let channels = connect(address, connections).await?;
+            let database = match &args.database_url {
+                Some(url) => Some(watcher_pool(url).await?),
+                None => None,
+            };
+            let target = Target {
+                channels,
+                token: args.token.clone().context("--target needs --token")?,
+            };
+            let watch = Watch {
+                server_pid: args.server_pid,
+                database,
+                ..Watch::default()
+            };
+            drive(&target, &watch, &settings).await
+        }
+        None => {
+            let url = args.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
+            let (address, watch, token, _stop) = spawn(url, args.count_round_trips).await?;
+            let target = Target {
+                channels: connect(&address, connections).await?,
+                token,
+            };
+            drive(&target, &watch, &settings).await
+        }
+    }
+}
+
+/// Starts the service in this process over `url` (created and migrated
+/// if missing) on a free port; returns its address, what to watch, an
+/// operator token, and the sender that stops it.
+async fn spawn(
+    url: &str,
+    count_round_trips: bool,
+) -> anyhow::Result<(String, Watch, String, tokio::sync::oneshot::Sender<()>)> {
+    let args = DatabaseArgs::for_url(url);
+    let pool = prepare_database(&args).await?;
+    let mut round_trips = None;
+    let mut connections = None;
+    let served = if count_round_trips {
+        let options: PgConnectOptions = (*pool.connect_options()).clone();
+        let relay = relay::Relay::start(options.get_host(), options.get_port()).await?;
+        round_trips = Some(relay.round_trips());
+        connections = Some(relay.connections());
+        // The relay reads the protocol, so the session must be plaintext.
+        let through = options
+            .host("127.0.0.1")
+            .port(relay.port())
+            .ssl_mode(PgSslMode::Disable);
+        connect_pool(through, &args).await?
+    } else {
+        pool.clone()
+    };
+    let app = Application::bind(
+        "127.0.0.1:0".parse().expect("an address"),
+        served,
+        ServeOptions::default(),
+    )
+    .await?;
+    let address = app.local_addr().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let token = operator_token(&pool).await?;
+    let watch = Watch {
+        server_pid: Some(std::process::id()),
+        in_process: true,
+        database: Some(watcher_pool(url).await?),
+        round_trips,
+        connections,
+    };
+    Ok((address, watch, token, stop))
+}
+
+/// An operator token made straight in the database, as `token create`
+/// does; it expires after a day, so runs leave no live secrets behind.
+async fn operator_token(pool: &PgPool) -> anyhow::Result<String> {
+    let app = App::new(Store::new(pool.clone()), TokenCache::new(Duration::ZERO));
+    let ctx = RequestContext::local(&uuid::Uuid::new_v4().to_string().to_uppercase(), "bench");
+    let cmd = CreateAccessToken {
+        instance_id: None,
+        role: Role::Admin,
+        user_id: None,
+        expires_in_seconds: Some(24 * 3600),
+    };
+    let created = app
+        .create_access_token(&ctx, &cmd)
+        .await
+        .map_err(|e| anyhow::anyhow!("Failed to create the bench's token: {e}"))?;
+    Ok(created.token.reveal().to_owned())
+}
+
+/// One connection, for watching only.
+async fn watcher_pool(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("Failed to connect to the database to watch")
+}
+
+/// `n` separate HTTP/2 connections to `address`.
+async fn connect(address: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let uri = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .context("Invalid --target")?
+        .tcp_nodelay(true);
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("Failed to connect to {address}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+/// Provisions an instance of its own on `target`, warms up, measures, and
+/// reports. Tests call this with their own server.
+pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyhow::Result<Report> {
+    if target.channels.is_empty() {
+        bail!("no connection to drive");
+    }
+    let clients: Vec<Clients> = target
+        .channels
+        .iter()
+        .map(|c| Clients::new(c.clone(), &target.token))
+        .collect::<anyhow::Result<_>>()?;
+    let rss_start = watch.server_pid.and_then(probe::rss_kib);
+
+    let instance: Arc<str> = format!("bench-{:08x}", rand::random::<u32>()).into();
+    let agents = workload::provision(&clients[0], &instance, settings.agents).await?;
+    let mut groups = workload::groups(settings.workload, agents, settings.parties);
+    if groups.len() < settings.in_flight {
+        bail!(
+            "{} agents make {} independent units of work, fewer than --in-flight {}: \
+             give --agents at least {}",
+            settings.agents,
+            groups.len(),
+            settings.in_flight,
+            settings.in_flight * workload::agents_per_group(settings.workload, settings.parties)
+        );
+    }
+    let (timed_mode, prepare_until) = workload::modes(settings.workload);
+    let prep_workers = settings.in_flight.max(16);
+
+    let mut measured = Recorder::new(true);
+    let mut usage = probe::Usage::default();
+    let mut elapsed = Duration::ZERO;
+    let mut windows = 0u32;
+    let mut dropped = 0usize;
+    for (record, budget) in [(false, settings.warmup), (true, settings.duration)] {
+        let mut spent = Duration::ZERO;
+        while spent < budget {
+            if let Some(stage) = prepare_until {
+                let prepared = workload::window(
+                    groups,
+                    prep_workers,
+                    &clients,
+                    &instance,
+                    Mode::Prepare(stage),
+                    None,
+                    false,
+                )
+                .await;
+                dropped += prepared.dropped;
+                groups = prepared.groups;
+            }
+            if groups.is_empty() {
+                bail!(
+                    "every unit of work failed; first errors: {:?}",
+                    measured.first_errors
+                );
+            }
+            let before = probe::Snapshot::take(watch).await;
+            let w = workload::window(
+                groups,
+                settings.in_flight,
+                &clients,
+                &instance,
+                timed_mode,
+                Some(Instant::now() + (budget - spent)),
+                record,
+            )
+            .await;
+            let after = probe::Snapshot::take(watch).await;
+            spent += w.elapsed;
+            dropped += w.dropped;
+            groups = w.groups;
+            if record {
+                usage.add(&before, &after);
+                measured.merge(w.recorder);
+                elapsed += w.elapsed;
+                windows += 1;
+            }
+        }
+    }
+
+    let rss_end = watch.server_pid.and_then(probe::rss_kib);
+    let rss_peak = watch.server_pid.and_then(probe::peak_rss_kib);
+    Ok(Report::new(report::Run {
+        settings: settings.clone(),
+        connections: target.channels.len(),
+        instance: instance.to_string(),
+        measured: elapsed,
+        windows,
+        recorder: measured,
+        dropped,
+        usage,
+        server_pid: watch.server_pid,
+        in_process: watch.in_process,
+        rss_kib: (rss_start, rss_end, rss_peak),
+        counted_round_trips: watch.round_trips.is_some(),
+        watched_database: watch.database.is_some(),
+    }))
+}
