@@ -1,7 +1,10 @@
 //! How many statements an EndConference sends PostgreSQL, counted in the
 //! server's own statement log (a private server with `log_statement=all`):
-//! each is one round trip, the pool's check of the connection included.
-//! A count, not a timing; and the same for 3 parties as for 9.
+//! each is one round trip on the request's path, the pool's check of the
+//! connection included (sqlx's ping when the connection goes back to the
+//! pool, after the answer, is not a statement and is not counted here; the
+//! bench's relay counts it). A count, not a timing; and the same for 3
+//! parties as for 9.
 
 use std::time::Duration;
 
@@ -31,7 +34,7 @@ async fn counted<T>(pg: &PrivatePg, action: impl Future<Output = T>) -> (T, usiz
 
 /// SLOW: about 5 s (a private PostgreSQL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_conference_costs_three_round_trips_whatever_the_parties() {
+async fn end_conference_sends_three_statements_whatever_the_parties() {
     let pg = PrivatePg::start().await;
     let url = pg.url("ccc_round_trips");
     let args = DatabaseArgs {
@@ -93,7 +96,7 @@ async fn end_conference_costs_three_round_trips_whatever_the_parties() {
     let steady = &counts[2..];
     assert!(
         steady.iter().all(|&(_, n)| n <= 3),
-        "at most 3 round trips per EndConference: {counts:?}"
+        "at most 3 statements per EndConference: {counts:?}"
     );
     assert_eq!(
         steady[0].1, steady[1].1,
