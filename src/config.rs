@@ -246,6 +246,28 @@ impl DatabaseArgs {
     }
 }
 
+/// The settings `serve` runs with, for its one log line at start: secrets
+/// (the database password) redacted; TLS files named, never read.
+pub fn effective(args: &ServeArgs) -> ServeArgs {
+    let mut shown = args.clone();
+    shown.database.database_url = redact_password(&args.database.database_url);
+    shown
+}
+
+/// `scheme://user:password@host/db` → `scheme://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to serve gRPC on.
@@ -391,6 +413,28 @@ mod tests {
             ])
             .is_err(),
             "counting round trips needs the service in-process"
+        );
+    }
+
+    #[test]
+    fn the_logged_configuration_hides_the_database_password() {
+        let cli = Cli::try_parse_from([
+            "ccc-callcontrol",
+            "serve",
+            "--database-url",
+            "postgres://ccc:s3cr3t@db:5432/ccc",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let shown = format!("{:?}", effective(&args));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("postgres://ccc:***@db:5432/ccc"), "{shown}");
+        assert_eq!(redact_password("postgres://db/ccc"), "postgres://db/ccc");
+        assert_eq!(
+            redact_password("postgres://u@db/ccc"),
+            "postgres://u@db/ccc"
         );
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use ccc_callcontrol::cli;
-use ccc_callcontrol::config::{Cli, Command};
+use ccc_callcontrol::config::{self, Cli, Command};
 use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem, prepare_database};
 use ccc_callcontrol::telemetry;
 
@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(command) => cli::token(command).await?,
         Command::Bench(args) => ccc_callcontrol::bench::main(args).await?,
         Command::Serve(args) => {
+            tracing::info!(settings = ?config::effective(&args), "effective configuration");
             let tls = match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => {
                     Some(TlsPem::read(cert, key, args.tls_client_ca.as_deref())?)
