@@ -296,6 +296,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CCC_DISABLE_HEALTH")]
     pub disable_health: bool,
 
+    /// Serve Prometheus text (`GET /metrics`) on this address, e.g.
+    /// `0.0.0.0:9090`; off by default. It is a listener of its own, apart
+    /// from gRPC, and needs no token: keep it off public networks.
+    #[arg(long, env = "CCC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// How long a replica remembers an access-token lookup, in
     /// milliseconds (0: look up every request). A token revoked elsewhere
     /// keeps working here for at most this long.

@@ -9,7 +9,8 @@
 //! - [`app`]: the actions, each transaction → load → decide → persist;
 //! - [`grpc`]: translation between proto and domain, and the one place that
 //!   maps [`error::Error`] to a gRPC status;
-//! - [`startup`], [`config`], [`telemetry`]: wiring; [`cli`]: the `token`
+//! - [`startup`], [`config`], [`telemetry`]: wiring; [`measure`]: every
+//!   Prometheus metric, by name; [`cli`]: the `token`
 //!   subcommands; `main.rs` only calls them;
 //! - [`bench`]: the `bench` subcommand, a load generator that is only a
 //!   gRPC client of the service (docs/performance.md).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod measure;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

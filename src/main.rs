@@ -24,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => ccc_callcontrol::bench::main(args).await?,
         Command::Serve(args) => {
             tracing::info!(settings = ?config::effective(&args), "effective configuration");
+            if let Some(listen) = args.metrics_listen {
+                ccc_callcontrol::measure::install(listen)?;
+                tracing::info!(address = %listen, "serving metrics");
+            }
             let tls = match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => {
                     Some(TlsPem::read(cert, key, args.tls_client_ca.as_deref())?)

@@ -102,7 +102,9 @@ impl App {
             .and_then(AccessToken::parse)
             .ok_or(Error::Unauthenticated)?;
         let hash = token.hash();
-        let grant = match self.tokens.get(&hash) {
+        let cached = self.tokens.get(&hash);
+        crate::measure::token_cache(cached.is_some());
+        let grant = match cached {
             Some(cached) => cached,
             None => {
                 let found = self

@@ -28,6 +28,7 @@ use tokio::time::error::Elapsed;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
+use crate::measure::{self, UnitOutcome};
 use crate::store::idempotency::{self, Claim, KeyUse};
 use crate::store::{self, Store};
 
@@ -139,6 +140,7 @@ impl Units {
     /// connection in an unknown state: it is closed, never reused.
     async fn attempt<T, F>(
         &self,
+        action: &'static str,
         store: &Store,
         lane: Lane,
         deadline: Instant,
@@ -156,14 +158,25 @@ impl Units {
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded);
         }
+        measure::pool(store.pool().size(), store.pool().num_idle());
         let give_up = *give_up.get_or_insert_with(|| Instant::now() + self.db_timeout);
-        match tokio::time::timeout_at(give_up.into(), work(&mut conn)).await {
-            Ok(done) => done,
+        let started = Instant::now();
+        let (outcome, done) = match tokio::time::timeout_at(give_up.into(), work(&mut conn)).await {
+            Ok(Err(Error::Contended(cause))) => {
+                (UnitOutcome::ConflictRetried, Err(Error::Contended(cause)))
+            }
+            Ok(Err(e)) => (UnitOutcome::Failed, Err(e)),
+            Ok(done) => (UnitOutcome::Done, done),
             Err(elapsed) => {
                 drop(conn.detach());
-                Err(Error::Unavailable(elapsed.into()))
+                (
+                    UnitOutcome::TimedOut,
+                    Err(Error::Unavailable(elapsed.into())),
+                )
             }
-        }
+        };
+        measure::unit(action, outcome, started.elapsed());
+        done
     }
 
     /// Waits for the turn on `key`, no longer than the deadline.
@@ -380,7 +393,7 @@ impl App {
             let mut tries = 1;
             loop {
                 match units
-                    .attempt(&store, lane, deadline, &mut give_up, &mut work)
+                    .attempt(action, &store, lane, deadline, &mut give_up, &mut work)
                     .await
                 {
                     // A lost race wrote nothing: try again, on a

@@ -13,6 +13,7 @@ use crate::app::{App, RequestContext};
 use crate::domain::access::Caller;
 use crate::domain::ids::{InstanceId, UserId};
 use crate::error::{Error, ParamViolation};
+use crate::measure;
 
 /// Metadata key of the request ID, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -148,18 +149,26 @@ pub(crate) async fn respond<T>(
     let outcome = async {
         match app.admit() {
             Ok(_admitted) => {
+                measure::in_flight(1.0);
                 let deadline = deadline_of(metadata, started, app.request_timeout());
-                DEADLINE.scope(deadline, body).await
+                let outcome = DEADLINE.scope(deadline, body).await;
+                measure::in_flight(-1.0);
+                outcome
             }
-            Err(shed) => Err(shed),
+            Err(shed) => {
+                measure::shed();
+                Err(shed)
+            }
         }
     }
     .instrument(span.clone())
     .await;
     let _in_span = span.enter();
-    let latency_us = started.elapsed().as_micros() as u64;
+    let took = started.elapsed();
+    let latency_us = took.as_micros() as u64;
     match outcome {
         Ok(reply) => {
+            measure::request(rpc, "OK", "OK", took);
             tracing::info!(code = "OK", reason = "OK", latency_us, "served");
             let mut response = Response::new(reply);
             if let Ok(v) = MetadataValue::try_from(request_id) {
@@ -173,9 +182,34 @@ pub(crate) async fn respond<T>(
                 tracing::error!(reason = e.code(), cause = format!("{cause:#}"), "failed");
             }
             let code = super::status::grpc_code(&e);
+            measure::request(rpc, code_name(code), e.code(), took);
             tracing::info!(code = ?code, reason = e.code(), latency_us, "served");
             Err(super::status::to_status(&e, request_id))
         }
+    }
+}
+
+/// A gRPC code as its canonical upper-case name, for metric labels.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

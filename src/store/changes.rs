@@ -201,6 +201,7 @@ pub async fn apply(
             expected
         )));
     }
+    crate::measure::event_appended(event.action);
     Ok(event_id)
 }
 

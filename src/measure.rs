@@ -1,0 +1,95 @@
+//! What the service measures about itself, for Prometheus: every metric's
+//! name and labels are here, so a dashboard's author reads one page. The
+//! rest of the crate calls these functions; until [`install`] runs (the
+//! binary's `--metrics-listen`), they cost next to nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Latency buckets, in seconds: from a tenth of a millisecond (a cached
+/// poll) to the 10 s default deadline.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Serves Prometheus text on `listen` (`GET /metrics`, any path answers)
+/// and makes it this process's recorder. Once per process.
+pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .context("Invalid metric buckets")?
+        .install()
+        .with_context(|| format!("Failed to serve metrics on {listen}"))
+}
+
+/// A request answered: `ccc_requests_total{rpc, code, reason}` and
+/// `ccc_request_duration_seconds{rpc}`.
+pub fn request(rpc: &'static str, code: &'static str, reason: &'static str, took: Duration) {
+    counter!("ccc_requests_total", "rpc" => rpc, "code" => code, "reason" => reason).increment(1);
+    histogram!("ccc_request_duration_seconds", "rpc" => rpc).record(took.as_secs_f64());
+}
+
+/// `ccc_requests_in_flight`: up by one when a request is admitted, down
+/// when it is answered.
+pub fn in_flight(delta: f64) {
+    gauge!("ccc_requests_in_flight").increment(delta);
+}
+
+/// `ccc_requests_shed_total`: refused by admission control.
+pub fn shed() {
+    counter!("ccc_requests_shed_total").increment(1);
+}
+
+/// How one attempt of a unit of database work ended.
+#[derive(Debug, Clone, Copy)]
+pub enum UnitOutcome {
+    /// It ran to its end and its answer stands (committed, or read).
+    Done,
+    /// It lost a race, wrote nothing, and is tried again.
+    ConflictRetried,
+    /// The database did not answer in time; its connection was closed.
+    TimedOut,
+    /// It failed (a domain error, an unreachable database…).
+    Failed,
+}
+
+impl UnitOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::ConflictRetried => "conflict_retried",
+            Self::TimedOut => "timed_out",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt of a unit of work: `ccc_db_units_total{action, outcome}`
+/// and `ccc_db_unit_duration_seconds{action}`.
+pub fn unit(action: &'static str, outcome: UnitOutcome, took: Duration) {
+    counter!("ccc_db_units_total", "action" => action, "outcome" => outcome.label()).increment(1);
+    histogram!("ccc_db_unit_duration_seconds", "action" => action).record(took.as_secs_f64());
+}
+
+/// `ccc_db_pool_connections{state="open"|"idle"}`, as of now.
+pub fn pool(open: u32, idle: usize) {
+    gauge!("ccc_db_pool_connections", "state" => "open").set(f64::from(open));
+    gauge!("ccc_db_pool_connections", "state" => "idle").set(idle as f64);
+}
+
+/// `ccc_token_cache_total{result="hit"|"miss"}`.
+pub fn token_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    counter!("ccc_token_cache_total", "result" => result).increment(1);
+}
+
+/// `ccc_events_appended_total{action}`: changes recorded in the event log.
+pub fn event_appended(action: &'static str) {
+    counter!("ccc_events_appended_total", "action" => action).increment(1);
+}
