@@ -13,11 +13,8 @@ use crate::store::provisioning::Instance;
 use crate::store::tokens::TokenRecord;
 
 use super::convert::{role, token_info, user_context, work_mode};
-use super::idempotency::{IDEMPOTENCY_HEADER, Replies};
-use super::request::{
-    acting, authenticate, ok_response, optional, parse_params, request_id, required_text, respond,
-    text,
-};
+use super::idempotency::IDEMPOTENCY_HEADER;
+use super::request::{Incoming, ok_response, optional, parse_params, required_text, text};
 
 pub struct AdminService {
     app: App,
@@ -139,44 +136,31 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CreateInstanceRequest>,
     ) -> Result<Response<proto::CreateInstanceResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "CreateInstance",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let cmd = parse_create_instance(r)?;
-                authorize(&caller, Action::CreateInstance, &cmd.instance_id)?;
-                let replies = Replies::new(
-                    request.metadata(),
-                    &caller,
-                    "CreateInstance",
-                    cmd.instance_id.as_str(),
-                    r,
-                    &id,
-                    |id, out: &Instance| {
-                        ok_response!(
-                            CreateInstanceResponse,
-                            id,
-                            proto::Instance {
-                                instance_id: out.instance_id.to_string(),
-                                name: out.name.clone(),
-                                description: out.description.clone(),
-                                create_time: out.created_at,
-                            }
-                        )
-                    },
-                )?;
-                let done = self
-                    .app
-                    .create_instance(&acting(&id, &caller), &cmd, replies.idempotent())
-                    .await?;
-                replies.answer(done)
-            },
-        )
+        let call = Incoming::new("CreateInstance", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let cmd = parse_create_instance(r)?;
+            authorize(&caller, Action::CreateInstance, &cmd.instance_id)?;
+            let replies =
+                call.replies(&caller, cmd.instance_id.as_str(), |id, out: &Instance| {
+                    ok_response!(
+                        CreateInstanceResponse,
+                        id,
+                        proto::Instance {
+                            instance_id: out.instance_id.to_string(),
+                            name: out.name.clone(),
+                            description: out.description.clone(),
+                            create_time: out.created_at,
+                        }
+                    )
+                })?;
+            let done = self
+                .app
+                .create_instance(&call.acting(&caller), &cmd, replies.idempotent())
+                .await?;
+            replies.answer(done)
+        })
         .await
     }
 
@@ -184,33 +168,19 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::CreateUserResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "CreateUser",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let cmd = parse_create_user(r)?;
-                authorize(&caller, Action::CreateUser, &cmd.instance_id)?;
-                let replies = Replies::new(
-                    request.metadata(),
-                    &caller,
-                    "CreateUser",
-                    cmd.instance_id.as_str(),
-                    r,
-                    &id,
-                    create_user_reply,
-                )?;
-                let done = self
-                    .app
-                    .create_user(&acting(&id, &caller), &cmd, replies.idempotent())
-                    .await?;
-                replies.answer(done)
-            },
-        )
+        let call = Incoming::new("CreateUser", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let cmd = parse_create_user(r)?;
+            authorize(&caller, Action::CreateUser, &cmd.instance_id)?;
+            let replies = call.replies(&caller, cmd.instance_id.as_str(), create_user_reply)?;
+            let done = self
+                .app
+                .create_user(&call.acting(&caller), &cmd, replies.idempotent())
+                .await?;
+            replies.answer(done)
+        })
         .await
     }
 
@@ -218,9 +188,10 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CreateAccessTokenRequest>,
     ) -> Result<Response<proto::CreateAccessTokenResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("CreateAccessToken", &id, &r.instance_id, &self.app, request.metadata(), async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
+        let call = Incoming::new("CreateAccessToken", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
             let CreateAccessTokenParams {
                 instance_id,
                 role,
@@ -243,12 +214,12 @@ impl Admin for AdminService {
             };
             let out = self
                 .app
-                .create_access_token(&acting(&id, &caller), &cmd)
+                .create_access_token(&call.acting(&caller), &cmd)
                 .await?;
             let t = token_info(&out.record);
             Ok(ok_response!(
                 CreateAccessTokenResponse,
-                id,
+                call.id(),
                 proto::create_access_token_response::Data {
                     token_id: t.token_id,
                     token: out.token.reveal().to_owned(),
@@ -266,43 +237,33 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RevokeAccessTokenRequest>,
     ) -> Result<Response<proto::RevokeAccessTokenResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "RevokeAccessToken",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let RevokeAccessTokenParams {
-                    instance_id,
-                    token_id,
-                } = parse_revoke_access_token(r)?;
-                authorize(&caller, Action::RevokeAccessToken, &instance_id)?;
-                let replies = Replies::new(
-                    request.metadata(),
-                    &caller,
-                    "RevokeAccessToken",
-                    instance_id.as_str(),
-                    r,
-                    &id,
-                    |id, revoked: &TokenRecord| {
-                        ok_response!(RevokeAccessTokenResponse, id, token_info(revoked))
-                    },
-                )?;
-                let done = self
-                    .app
-                    .revoke_access_token(
-                        &acting(&id, &caller),
-                        Some(&instance_id),
-                        &token_id,
-                        replies.idempotent(),
-                    )
-                    .await?;
-                replies.answer(done)
-            },
-        )
+        let call = Incoming::new("RevokeAccessToken", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let RevokeAccessTokenParams {
+                instance_id,
+                token_id,
+            } = parse_revoke_access_token(r)?;
+            authorize(&caller, Action::RevokeAccessToken, &instance_id)?;
+            let replies = call.replies(
+                &caller,
+                instance_id.as_str(),
+                |id, revoked: &TokenRecord| {
+                    ok_response!(RevokeAccessTokenResponse, id, token_info(revoked))
+                },
+            )?;
+            let done = self
+                .app
+                .revoke_access_token(
+                    &call.acting(&caller),
+                    Some(&instance_id),
+                    &token_id,
+                    replies.idempotent(),
+                )
+                .await?;
+            replies.answer(done)
+        })
         .await
     }
 }

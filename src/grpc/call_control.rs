@@ -13,10 +13,7 @@ use crate::error::Error;
 use crate::proto::{self, call_control_server::CallControl};
 
 use super::convert::{call_context, user_context};
-use super::idempotency::Replies;
-use super::request::{
-    acting, authenticate, ok_response, optional_user, parse_params, request_id, respond, text,
-};
+use super::request::{Incoming, ok_response, optional_user, parse_params, text};
 
 /// StartConference's parameters, checked. `user_id` is `None` when blank:
 /// who acts is decided with the token (`access::acting_agent`).
@@ -115,9 +112,10 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::StartConferenceRequest>,
     ) -> Result<Response<proto::StartConferenceResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond("StartConference", &id, &r.instance_id, &self.app, request.metadata(), async {
-            let caller = authenticate(&self.app, request.metadata()).await?;
+        let call = Incoming::new("StartConference", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
             let StartConferenceParams {
                 instance_id,
                 user_id,
@@ -134,18 +132,11 @@ impl CallControl for CallControlService {
                 timeout_seconds,
                 tags,
             };
-            let replies = Replies::new(
-                request.metadata(),
-                &caller,
-                "StartConference",
-                cmd.instance_id.as_str(),
-                r,
-                &id,
-                start_conference_reply,
+            let replies = call.replies(&caller, cmd.instance_id.as_str(), start_conference_reply,
             )?;
             let done = self
                 .app
-                .start_conference(&acting(&id, &caller), &cmd, replies.idempotent())
+                .start_conference(&call.acting(&caller), &cmd, replies.idempotent())
                 .await?;
             let reply = replies.answer(done)?;
             // Field values are computed only when DEBUG is on.
@@ -163,43 +154,29 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::EndConferenceRequest>,
     ) -> Result<Response<proto::EndConferenceResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "EndConference",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let EndConferenceParams {
-                    instance_id,
-                    user_id,
-                    job_id,
-                } = parse_end_conference(r)?;
-                authorize(&caller, Action::EndConference, &instance_id)?;
-                let user_id = acting_agent(&caller, user_id)?;
-                let cmd = app::EndConference {
-                    instance_id,
-                    user_id,
-                    job_id,
-                };
-                let replies = Replies::new(
-                    request.metadata(),
-                    &caller,
-                    "EndConference",
-                    cmd.instance_id.as_str(),
-                    r,
-                    &id,
-                    end_conference_reply,
-                )?;
-                let done = self
-                    .app
-                    .end_conference(&acting(&id, &caller), &cmd, replies.idempotent())
-                    .await?;
-                replies.answer(done)
-            },
-        )
+        let call = Incoming::new("EndConference", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let EndConferenceParams {
+                instance_id,
+                user_id,
+                job_id,
+            } = parse_end_conference(r)?;
+            authorize(&caller, Action::EndConference, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
+            let cmd = app::EndConference {
+                instance_id,
+                user_id,
+                job_id,
+            };
+            let replies = call.replies(&caller, cmd.instance_id.as_str(), end_conference_reply)?;
+            let done = self
+                .app
+                .end_conference(&call.acting(&caller), &cmd, replies.idempotent())
+                .await?;
+            replies.answer(done)
+        })
         .await
     }
 
@@ -207,40 +184,34 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::PollUserStatusRequest>,
     ) -> Result<Response<proto::PollUserStatusResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "PollUserStatus",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let AgentParams {
-                    instance_id,
-                    user_id,
-                } = parse_poll_user_status(r)?;
-                authorize(&caller, Action::PollUserStatus, &instance_id)?;
-                let user_id = acting_agent(&caller, user_id)?;
-                let cmd = app::PollUserStatus {
-                    instance_id,
-                    user_id,
-                };
-                let out = self
-                    .app
-                    .poll_user_status(&acting(&id, &caller), &cmd)
-                    .await?;
-                Ok(ok_response!(
-                    PollUserStatusResponse,
-                    id,
-                    proto::poll_user_status_response::Data {
-                        call_context: out.call.as_ref().map(call_context),
-                        user_context: Some(user_context(&out.agent)),
-                        context_id: out.context_id,
-                    }
-                ))
-            },
-        )
+        let call = Incoming::new("PollUserStatus", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let AgentParams {
+                instance_id,
+                user_id,
+            } = parse_poll_user_status(r)?;
+            authorize(&caller, Action::PollUserStatus, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
+            let cmd = app::PollUserStatus {
+                instance_id,
+                user_id,
+            };
+            let out = self
+                .app
+                .poll_user_status(&call.acting(&caller), &cmd)
+                .await?;
+            Ok(ok_response!(
+                PollUserStatusResponse,
+                call.id(),
+                proto::poll_user_status_response::Data {
+                    call_context: out.call.as_ref().map(call_context),
+                    user_context: Some(user_context(&out.agent)),
+                    context_id: out.context_id,
+                }
+            ))
+        })
         .await
     }
 
@@ -248,44 +219,34 @@ impl CallControl for CallControlService {
         &self,
         request: Request<proto::ReadyForServiceRequest>,
     ) -> Result<Response<proto::ReadyForServiceResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "ReadyForService",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let AgentParams {
-                    instance_id,
-                    user_id,
-                } = parse_ready_for_service(r)?;
-                authorize(&caller, Action::ReadyForService, &instance_id)?;
-                let user_id = acting_agent(&caller, user_id)?;
-                let cmd = app::ReadyForService {
-                    instance_id,
-                    user_id,
-                    outbound_scenario: r.outbound_scenario,
-                };
-                let replies = Replies::new(
-                    request.metadata(),
-                    &caller,
-                    "ReadyForService",
-                    cmd.instance_id.as_str(),
-                    r,
-                    &id,
-                    |id, (agent, _context_id): &(Agent, i64)| {
-                        ok_response!(ReadyForServiceResponse, id, user_context(agent))
-                    },
-                )?;
-                let done = self
-                    .app
-                    .ready_for_service(&acting(&id, &caller), &cmd, replies.idempotent())
-                    .await?;
-                replies.answer(done)
-            },
-        )
+        let call = Incoming::new("ReadyForService", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let AgentParams {
+                instance_id,
+                user_id,
+            } = parse_ready_for_service(r)?;
+            authorize(&caller, Action::ReadyForService, &instance_id)?;
+            let user_id = acting_agent(&caller, user_id)?;
+            let cmd = app::ReadyForService {
+                instance_id,
+                user_id,
+                outbound_scenario: r.outbound_scenario,
+            };
+            let replies = call.replies(
+                &caller,
+                cmd.instance_id.as_str(),
+                |id, (agent, _context_id): &(Agent, i64)| {
+                    ok_response!(ReadyForServiceResponse, id, user_context(agent))
+                },
+            )?;
+            let done = self
+                .app
+                .ready_for_service(&call.acting(&caller), &cmd, replies.idempotent())
+                .await?;
+            replies.answer(done)
+        })
         .await
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::app::{App, RequestContext};
@@ -14,6 +14,8 @@ use crate::domain::access::Caller;
 use crate::domain::ids::{InstanceId, UserId};
 use crate::error::{Error, ParamViolation};
 use crate::measure;
+
+use super::idempotency::Replies;
 
 /// Metadata key of the request ID, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -66,7 +68,7 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 /// The caller's `x-request-id` if it is a sane one (1 to 128 printable
 /// ASCII characters), so a mesh's trace ID carries through; else a new
 /// UUID in the reference's upper-case style.
-pub(crate) fn request_id(metadata: &MetadataMap) -> String {
+fn request_id(metadata: &MetadataMap) -> String {
     let given = metadata
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -86,7 +88,7 @@ pub(crate) fn new_request_id() -> String {
 /// Only that exact form counts (the scheme spelled `Bearer`, one space, the
 /// token): one spelling is one thing to document and to test, and any other
 /// is the same `Unauthenticated` as a missing token.
-pub(crate) async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller, Error> {
+async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Caller, Error> {
     let bearer = metadata
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -98,7 +100,7 @@ pub(crate) async fn authenticate(app: &App, metadata: &MetadataMap) -> Result<Ca
 
 /// What the app records about the request (its ID and who asked) and
 /// when it is due.
-pub(crate) fn acting(request_id: &str, caller: &Caller) -> RequestContext {
+fn acting(request_id: &str, caller: &Caller) -> RequestContext {
     RequestContext {
         request_id: request_id.to_owned(),
         actor: caller.principal(),
@@ -122,7 +124,7 @@ pub(crate) fn optional_user(raw: &str) -> Result<Option<UserId>, ParamViolation>
 /// sent `traceparent`): gRPC code, contact-center reason, latency.
 /// Server-side failures are also logged with their whole cause chain,
 /// which never leaves the process.
-pub(crate) async fn respond<T>(
+async fn respond<T>(
     rpc: &'static str,
     request_id: &str,
     instance: &str,
@@ -228,6 +230,76 @@ fn trace_id(metadata: &MetadataMap) -> Option<&str> {
         && hex(parent, 16)
         && hex(flags, 2);
     well_formed.then_some(trace)
+}
+
+/// One request being served: its rpc, ID, metadata and message, so each
+/// handler asks one thing for the per-request plumbing.
+pub(crate) struct Incoming<'a, M> {
+    rpc: &'static str,
+    id: String,
+    app: &'a App,
+    request: &'a Request<M>,
+}
+
+impl<'a, M: prost::Message> Incoming<'a, M> {
+    pub(crate) fn new(rpc: &'static str, app: &'a App, request: &'a Request<M>) -> Self {
+        Self {
+            rpc,
+            id: request_id(request.metadata()),
+            app,
+            request,
+        }
+    }
+
+    /// The request's ID: the caller's `x-request-id`, or a new one.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) async fn authenticate(&self) -> Result<Caller, Error> {
+        authenticate(self.app, self.request.metadata()).await
+    }
+
+    pub(crate) fn acting(&self, caller: &Caller) -> RequestContext {
+        acting(&self.id, caller)
+    }
+
+    /// How a mutating rpc answers, with the caller's idempotency key if it
+    /// sent one, kept under `instance`.
+    pub(crate) fn replies<T: 'static, R: prost::Message + Default + 'static>(
+        &self,
+        caller: &Caller,
+        instance: &str,
+        build: fn(&str, &T) -> R,
+    ) -> Result<Replies<T, R>, Error> {
+        Replies::new(
+            self.request.metadata(),
+            caller,
+            self.rpc,
+            instance,
+            self.request.get_ref(),
+            &self.id,
+            build,
+        )
+    }
+
+    /// Serves the request with `body` (see [`respond`]); `instance` is the
+    /// raw InstanceId, for the request's log line.
+    pub(crate) async fn respond<T>(
+        &self,
+        instance: &str,
+        body: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        respond(
+            self.rpc,
+            &self.id,
+            instance,
+            self.app,
+            self.request.metadata(),
+            body,
+        )
+        .await
+    }
 }
 
 /// Parses every parameter, binding each to a name; if any is bad, returns

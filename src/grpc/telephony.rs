@@ -12,10 +12,7 @@ use crate::error::{Error, ParamViolation};
 use crate::proto::{self, telephony_server::Telephony};
 
 use super::convert::{call_context, reported_channel_state};
-use super::idempotency::Replies;
-use super::request::{
-    acting, authenticate, ok_response, optional, parse_params, request_id, respond, text,
-};
+use super::request::{Incoming, ok_response, optional, parse_params, text};
 
 pub struct TelephonyService {
     app: App,
@@ -73,39 +70,29 @@ impl Telephony for TelephonyService {
         &self,
         request: Request<proto::ReportChannelEventRequest>,
     ) -> Result<Response<proto::ReportChannelEventResponse>, Status> {
-        let (r, id) = (request.get_ref(), request_id(request.metadata()));
-        respond(
-            "ReportChannelEvent",
-            &id,
-            &r.instance_id,
-            &self.app,
-            request.metadata(),
-            async {
-                let caller = authenticate(&self.app, request.metadata()).await?;
-                let cmd = parse_report_channel_event(r)?;
-                authorize(&caller, Action::ReportChannelEvent, &cmd.instance_id)?;
-                let replies = Replies::new(
-                    request.metadata(),
-                    &caller,
-                    "ReportChannelEvent",
-                    cmd.instance_id.as_str(),
-                    r,
-                    &id,
-                    |id, out: &ReportedCall| {
-                        let data = proto::report_channel_event_response::Data {
-                            call_context: Some(call_context(&out.call)),
-                            context_id: out.context_id,
-                        };
-                        ok_response!(ReportChannelEventResponse, id, data)
-                    },
-                )?;
-                let done = self
-                    .app
-                    .report_channel_event(&acting(&id, &caller), &cmd, replies.idempotent())
-                    .await?;
-                replies.answer(done)
-            },
-        )
+        let call = Incoming::new("ReportChannelEvent", &self.app, &request);
+        let r = request.get_ref();
+        call.respond(&r.instance_id, async {
+            let caller = call.authenticate().await?;
+            let cmd = parse_report_channel_event(r)?;
+            authorize(&caller, Action::ReportChannelEvent, &cmd.instance_id)?;
+            let replies = call.replies(
+                &caller,
+                cmd.instance_id.as_str(),
+                |id, out: &ReportedCall| {
+                    let data = proto::report_channel_event_response::Data {
+                        call_context: Some(call_context(&out.call)),
+                        context_id: out.context_id,
+                    };
+                    ok_response!(ReportChannelEventResponse, id, data)
+                },
+            )?;
+            let done = self
+                .app
+                .report_channel_event(&call.acting(&caller), &cmd, replies.idempotent())
+                .await?;
+            replies.answer(done)
+        })
         .await
     }
 }
