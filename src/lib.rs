@@ -6,7 +6,8 @@
 //! - [`domain`]: the rules, pure Rust (no I/O);
 //! - [`store`]: PostgreSQL only: one query to load what an action needs,
 //!   one statement to write what it decided;
-//! - [`app`]: the actions, each transaction → load → decide → persist;
+//! - [`app`]: the actions, each a unit of work: load → decide → guarded
+//!   write;
 //! - [`grpc`]: translation between proto and domain, and the one place that
 //!   maps [`error::Error`] to a gRPC status;
 //! - [`startup`], [`config`], [`telemetry`]: wiring; [`measure`]: every

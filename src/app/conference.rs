@@ -231,7 +231,7 @@ async fn try_report_channel_event(
     Ok(ReportedCall { call, context_id })
 }
 
-/// Loads (locking) the call, its channels and agents, and `actor`; fails
+/// Loads the call, its channels and agents, and `actor`; fails
 /// if the instance is unknown.
 async fn open_call(
     conn: &mut PgConnection,
@@ -246,7 +246,7 @@ async fn open_call(
     Ok(loaded)
 }
 
-/// Loads (locking) `user` and the agents with `extensions`; fails if the
+/// Loads `user` and the agents with `extensions`; fails if the
 /// instance is unknown.
 pub(super) async fn open_agents(
     conn: &mut PgConnection,

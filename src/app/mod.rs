@@ -1,9 +1,10 @@
 //! The actions, grouped by what they touch, all of the same shape: a unit
-//! of database work (`unit`) that loads and locks what the decision needs
-//! (one statement), lets the domain decide, and writes the outcome (one
-//! statement) in one transaction the unit begins and commits. Lost races
-//! are retried there, whole. Authentication and token management live in
-//! `access`.
+//! of database work (`unit`) that reads what the decision needs (one
+//! statement), lets the domain decide, and writes the outcome (one
+//! statement that first checks the rows it read did not change). Lost
+//! races are retried there, whole. Provisioning, and any request with an
+//! idempotency key, runs in a transaction the unit begins and commits.
+//! Authentication and token management live in `access`.
 
 mod access;
 mod conference;
