@@ -35,10 +35,21 @@ pub fn request(rpc: &'static str, code: &'static str, reason: &'static str, took
     histogram!("ccc_request_duration_seconds", "rpc" => rpc).record(took.as_secs_f64());
 }
 
-/// `ccc_requests_in_flight`: up by one when a request is admitted, down
-/// when it is answered.
-pub fn in_flight(delta: f64) {
-    gauge!("ccc_requests_in_flight").increment(delta);
+/// `ccc_requests_in_flight`: up by one while this lives. A guard, so a
+/// request its caller cancels (tonic drops its future) still counts down.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn enter() -> Self {
+        gauge!("ccc_requests_in_flight").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("ccc_requests_in_flight").decrement(1.0);
+    }
 }
 
 /// `ccc_requests_shed_total`: refused by admission control.

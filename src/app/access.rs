@@ -15,7 +15,7 @@ use crate::store::changes::Event;
 use crate::store::provisioning;
 use crate::store::tokens::{self, TokenRecord};
 
-use super::unit::Lane;
+use super::unit::{Atomicity, Lane};
 use super::{App, Done, Idempotent, RequestContext, now, shared};
 
 /// Most tokens remembered at once; the cache is emptied when full.
@@ -134,10 +134,17 @@ impl App {
     ) -> Result<CreatedToken, Error> {
         let job = shared(ctx, cmd);
         let created = self
-            .write("CreateAccessToken", None, ctx.deadline, None, move |conn| {
-                let job = job.clone();
-                Box::pin(async move { try_create_access_token(conn, &job.0, &job.1).await })
-            })
+            .write(
+                "CreateAccessToken",
+                None,
+                ctx.deadline,
+                Atomicity::Transaction,
+                None,
+                move |conn| {
+                    let job = job.clone();
+                    Box::pin(async move { try_create_access_token(conn, &job.0, &job.1).await })
+                },
+            )
             .await?
             .fresh()?;
         let record = &created.record;
@@ -161,6 +168,7 @@ impl App {
                 "RevokeAccessToken",
                 None,
                 ctx.deadline,
+                Atomicity::Transaction,
                 idempotent,
                 move |conn| {
                     let job = job.clone();

@@ -10,6 +10,7 @@ use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
 use crate::store::changes;
 
+use super::unit::Atomicity;
 use super::{
     App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
     now, shared,
@@ -57,10 +58,11 @@ impl App {
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
         let job = shared(ctx, cmd);
-        self.write_guarded(
+        self.write(
             "StartConference",
             Some(agent_row(&cmd.instance_id, &cmd.user_id)),
             ctx.deadline,
+            Atomicity::Statement,
             idempotent,
             move |conn| {
                 let job = job.clone();
@@ -77,10 +79,11 @@ impl App {
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
         let job = shared(ctx, cmd);
-        self.write_guarded(
+        self.write(
             "EndConference",
             Some(call_row(&cmd.instance_id, &cmd.job_id)),
             ctx.deadline,
+            Atomicity::Statement,
             idempotent,
             move |conn| {
                 let job = job.clone();
@@ -97,10 +100,11 @@ impl App {
         idempotent: Option<Idempotent<ReportedCall>>,
     ) -> Result<Done<ReportedCall>, Error> {
         let job = shared(ctx, cmd);
-        self.write_guarded(
+        self.write(
             "ReportChannelEvent",
             Some(call_row(&cmd.instance_id, &cmd.job_id)),
             ctx.deadline,
+            Atomicity::Statement,
             idempotent,
             move |conn| {
                 let job = job.clone();
@@ -165,7 +169,7 @@ async fn try_end_conference(
         return Ok(CallAndAgent {
             call: call.clone(),
             agent: leaver.clone(),
-            context_id: loaded.latest_context_id(),
+            context_id: loaded.latest_context_id(Some(&cmd.user_id)),
         });
     };
     let event = change_event(
@@ -213,7 +217,7 @@ async fn try_report_channel_event(
     else {
         return Ok(ReportedCall {
             call: call.clone(),
-            context_id: loaded.latest_context_id(),
+            context_id: loaded.latest_context_id(None),
         });
     };
     let event = change_event(

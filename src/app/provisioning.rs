@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::store::changes::Event;
 use crate::store::provisioning::{self, Instance, Profile};
 
+use super::unit::Atomicity;
 use super::{App, Done, Idempotent, RequestContext, instance_row, now, shared};
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,7 @@ impl App {
             "CreateInstance",
             None,
             ctx.deadline,
+            Atomicity::Transaction,
             idempotent,
             move |conn| {
                 let job = job.clone();
@@ -68,6 +70,7 @@ impl App {
             "CreateUser",
             Some(instance_row(&cmd.instance_id)),
             ctx.deadline,
+            Atomicity::Transaction,
             idempotent,
             move |conn| {
                 let job = job.clone();

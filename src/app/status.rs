@@ -9,7 +9,7 @@ use crate::store::changes;
 use crate::store::status;
 
 use super::conference::open_agents;
-use super::unit::Lane;
+use super::unit::{Atomicity, Lane};
 use super::{App, Before, Done, Idempotent, RequestContext, agent_row, change_event, shared};
 
 #[derive(Debug, Clone)]
@@ -67,10 +67,11 @@ impl App {
         idempotent: Option<Idempotent<(Agent, i64)>>,
     ) -> Result<Done<(Agent, i64)>, Error> {
         let job = shared(ctx, cmd);
-        self.write_guarded(
+        self.write(
             "ReadyForService",
             Some(agent_row(&cmd.instance_id, &cmd.user_id)),
             ctx.deadline,
+            Atomicity::Statement,
             idempotent,
             move |conn| {
                 let job = job.clone();
@@ -92,7 +93,7 @@ async fn try_ready_for_service(
         .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
     let ready = agent.ready_for_service(cmd.outbound_scenario)?;
     if &ready == agent {
-        return Ok((ready, loaded.actor_context_id));
+        return Ok((ready, loaded.versions.of_agent(&cmd.user_id)));
     }
     let changes = Changes::of_agent(ready);
     let before = Before {

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
-use tokio::time::error::Elapsed;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
@@ -167,12 +166,13 @@ impl Units {
             }
             Ok(Err(e)) => (UnitOutcome::Failed, Err(e)),
             Ok(done) => (UnitOutcome::Done, done),
-            Err(elapsed) => {
+            Err(_) => {
                 drop(conn.detach());
-                (
-                    UnitOutcome::TimedOut,
-                    Err(Error::Unavailable(elapsed.into())),
-                )
+                let cause = anyhow::anyhow!(
+                    "{action}: the database did not answer within {:?}",
+                    self.db_timeout
+                );
+                (UnitOutcome::TimedOut, Err(Error::Unavailable(cause)))
             }
         };
         measure::unit(action, outcome, started.elapsed());
@@ -223,6 +223,16 @@ impl Units {
             ))),
         }
     }
+}
+
+/// What a write's work needs to be all or nothing.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Atomicity {
+    /// Several statements that must commit together: a transaction.
+    Transaction,
+    /// One guarded statement (`store::changes::apply`), all or nothing by
+    /// itself: a transaction only to hold an idempotency key with it.
+    Statement,
 }
 
 /// What a write unit answers: its result, or the response a first use of
@@ -278,15 +288,18 @@ impl App {
         self.units.request_timeout
     }
 
-    /// Runs `work` as a write unit: one READ COMMITTED transaction (with the
-    /// idempotency key claimed first and the response recorded last, if one
-    /// is given), retried whole after a lost race, after the writes before
-    /// it on the same `row` (if any).
+    /// Runs `work` as a write unit, after the writes before it on the same
+    /// `row` (if any), retried whole after a lost race. Work of one guarded
+    /// statement (`Atomicity::Statement`) runs without a transaction, in as
+    /// few round trips as its statements; otherwise, or to hold an
+    /// idempotency key, in one READ COMMITTED transaction that claims the
+    /// key first and records the response last.
     pub(super) async fn write<T, F>(
         &self,
         action: &'static str,
         row: Option<RowKey>,
         deadline: Instant,
+        atomicity: Atomicity,
         idempotent: Option<Idempotent<T>>,
         work: F,
     ) -> Result<Done<T>, Error>
@@ -297,6 +310,12 @@ impl App {
             + Sync
             + 'static,
     {
+        if matches!(atomicity, Atomicity::Statement) && idempotent.is_none() {
+            return self
+                .unit(action, Lane::Write, row, deadline, work)
+                .await
+                .map(Done::Fresh);
+        }
         let work = Arc::new(work);
         let idempotent = idempotent.map(Arc::new);
         self.unit(action, Lane::Write, row, deadline, move |conn| {
@@ -319,34 +338,6 @@ impl App {
             })
         })
         .await
-    }
-
-    /// Runs `work`, a read and one guarded write (see `store::changes`), as
-    /// a unit: without a transaction, so in as few round trips as the
-    /// statements themselves, retried whole after a lost race. With an
-    /// idempotency key it runs as [`App::write`] does, in a transaction that
-    /// holds the key.
-    pub(super) async fn write_guarded<T, F>(
-        &self,
-        action: &'static str,
-        row: Option<RowKey>,
-        deadline: Instant,
-        idempotent: Option<Idempotent<T>>,
-        work: F,
-    ) -> Result<Done<T>, Error>
-    where
-        T: Send + 'static,
-        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>>
-            + Send
-            + Sync
-            + 'static,
-    {
-        if idempotent.is_some() {
-            return self.write(action, row, deadline, idempotent, work).await;
-        }
-        self.unit(action, Lane::Write, row, deadline, work)
-            .await
-            .map(Done::Fresh)
     }
 
     /// Runs `work` as a unit without a transaction: single statements, which
@@ -404,12 +395,6 @@ impl App {
                         let pause = rand::random_range(0..(1u64 << tries.min(6)));
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                         tries += 1;
-                    }
-                    Err(Error::Unavailable(cause)) if cause.is::<Elapsed>() => {
-                        return Err(Error::Unavailable(anyhow::anyhow!(
-                            "{action}: the database did not answer within {:?}",
-                            units.db_timeout
-                        )));
                     }
                     other => return other,
                 }

@@ -151,11 +151,10 @@ async fn respond<T>(
     let outcome = async {
         match app.admit() {
             Ok(_admitted) => {
-                measure::in_flight(1.0);
+                // Down again however the request ends, cancelled included.
+                let _in_flight = measure::InFlight::enter();
                 let deadline = deadline_of(metadata, started, app.request_timeout());
-                let outcome = DEADLINE.scope(deadline, body).await;
-                measure::in_flight(-1.0);
-                outcome
+                DEADLINE.scope(deadline, body).await
             }
             Err(shed) => {
                 measure::shed();

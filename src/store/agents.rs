@@ -6,7 +6,7 @@ use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
 use super::changes::Versions;
-use super::rows::{AgentRow, actor_context_id, agent_versions, decode};
+use super::rows::{AgentRow, agent_versions, decode};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -17,9 +17,8 @@ pub struct LoadedAgents {
     pub instance_exists: bool,
     /// Ordered by user ID.
     pub agents: Vec<Agent>,
-    /// The last event that changed the acting agent (0 if it is unknown).
-    pub actor_context_id: i64,
-    /// What the write must find unchanged.
+    /// What the write must find unchanged: the last event that changed
+    /// each agent.
     pub versions: Versions,
 }
 
@@ -59,7 +58,6 @@ pub async fn load(
     let rows: Vec<AgentRow> = decode(agents)?;
     Ok(LoadedAgents {
         instance_exists,
-        actor_context_id: actor_context_id(&rows, Some(user)),
         versions: Versions {
             call: None,
             agents: agent_versions(&rows),

@@ -8,7 +8,7 @@ use crate::domain::{Agent, Call};
 use crate::error::Error;
 
 use super::changes::Versions;
-use super::rows::{AgentRow, CallRow, ChannelRow, actor_context_id, agent_versions, decode};
+use super::rows::{AgentRow, CallRow, ChannelRow, agent_versions, decode};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -21,11 +21,8 @@ pub struct LoadedCall {
     /// The acting agent (if it exists) and every agent with a live channel
     /// in the call, ordered by user ID.
     pub agents: Vec<Agent>,
-    /// The last event that changed the call.
-    pub call_context_id: i64,
-    /// The last event that changed the acting agent (0 without one).
-    pub actor_context_id: i64,
-    /// What the write must find unchanged.
+    /// What the write must find unchanged: the last event that changed the
+    /// call and each agent.
     pub versions: Versions,
 }
 
@@ -34,10 +31,11 @@ impl LoadedCall {
         self.agents.iter().find(|a| &a.user_id == user)
     }
 
-    /// The latest event that changed the call or the acting agent: the
-    /// ContextId of an action that changed nothing.
-    pub fn latest_context_id(&self) -> i64 {
-        self.call_context_id.max(self.actor_context_id)
+    /// The latest event that changed the call or `actor`: the ContextId of
+    /// an action that changed nothing.
+    pub fn latest_context_id(&self, actor: Option<&UserId>) -> i64 {
+        let actor = actor.map_or(0, |a| self.versions.of_agent(a));
+        self.versions.call.unwrap_or(0).max(actor)
     }
 }
 
@@ -89,26 +87,23 @@ pub async fn load(
         .await
         .map_err(db_error)?;
 
-    let (call, call_context_id) = match call {
+    let (call, call_version) = match call {
         Some(row) => {
             let row: CallRow = decode(row)?;
-            let context_id = row.context_id;
+            let version = row.context_id;
             let channels: Vec<ChannelRow> = decode(channels)?;
-            (Some(row.into_call(channels)), context_id)
+            (Some(row.into_call(channels)), Some(version))
         }
-        None => (None, 0),
+        None => (None, None),
     };
     let rows: Vec<AgentRow> = decode(agents)?;
-    let versions = Versions {
-        call: call.as_ref().map(|_| call_context_id),
-        agents: agent_versions(&rows),
-    };
     Ok(LoadedCall {
         instance_exists,
         call,
-        actor_context_id: actor_context_id(&rows, actor),
+        versions: Versions {
+            call: call_version,
+            agents: agent_versions(&rows),
+        },
         agents: rows.into_iter().map(AgentRow::into_agent).collect(),
-        call_context_id,
-        versions,
     })
 }

@@ -37,6 +37,16 @@ pub struct Versions {
     pub agents: Vec<(UserId, i64)>,
 }
 
+impl Versions {
+    /// The version of agent `user` as read; 0 if it was not read.
+    pub fn of_agent(&self, user: &UserId) -> i64 {
+        self.agents
+            .iter()
+            .find(|(u, _)| u == user)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
 /// One statement for every kind of change. `$9` says what happens to the
 /// call: 'insert', 'update' or 'none'.
 ///

@@ -106,13 +106,6 @@ impl ChannelRow {
     }
 }
 
-/// The last event that changed `actor`, among `rows`; 0 if it is not there.
-pub(crate) fn actor_context_id(rows: &[AgentRow], actor: Option<&UserId>) -> i64 {
-    rows.iter()
-        .find(|r| Some(&r.user_id) == actor)
-        .map_or(0, |r| r.context_id)
-}
-
 /// The version (`context_id`) of each agent in `rows`.
 pub(crate) fn agent_versions(rows: &[AgentRow]) -> Vec<(UserId, i64)> {
     rows.iter()

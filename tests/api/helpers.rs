@@ -593,3 +593,19 @@ pub async fn wait_for_lock_waiters(pool: &PgPool, n: i64) {
     }
     panic!("nobody waited on the lock");
 }
+
+/// `n` ReadyForService calls for `user` through `calls`, each in a task of
+/// its own, so a test can hold them on a locked row while it acts.
+pub fn spawn_readies(
+    calls: &Calls,
+    user: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<tonic::Response<proto::ReadyForServiceResponse>, Status>>> {
+    (0..n)
+        .map(|_| {
+            let mut calls = calls.clone();
+            let request = ready_request(user);
+            tokio::spawn(async move { calls.ready_for_service(request).await })
+        })
+        .collect()
+}

@@ -168,15 +168,7 @@ async fn a_hot_row_holds_one_connection_not_the_pool(pool: PgPool) {
 
     let holder = lock_agent(&app.pool, &alice).await;
 
-    let hot: Vec<_> = (0..16)
-        .map(|_| {
-            let calls = app.calls.clone();
-            let alice = alice.clone();
-            tokio::spawn(
-                async move { calls.clone().ready_for_service(ready_request(&alice)).await },
-            )
-        })
-        .collect();
+    let hot = spawn_readies(&app.calls, &alice, 16);
     // Until the first of them waits on the row lock.
     let mut waiting = 0i64;
     for _ in 0..200 {
@@ -508,15 +500,7 @@ async fn over_its_limit_a_replica_sheds_load(pool: PgPool) {
     app.make_working(&alice).await;
     let holder = lock_agent(&app.pool, &alice).await;
     // Two requests stuck on the locked row fill the replica.
-    let stuck: Vec<_> = (0..2)
-        .map(|_| {
-            let calls = app.calls.clone();
-            let alice = alice.clone();
-            tokio::spawn(
-                async move { calls.clone().ready_for_service(ready_request(&alice)).await },
-            )
-        })
-        .collect();
+    let stuck = spawn_readies(&app.calls, &alice, 2);
     wait_for_lock_waiters(&app.pool, 1).await;
 
     let shed = app

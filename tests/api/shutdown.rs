@@ -146,13 +146,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
     let clients = served.clients(&token).await;
 
     let holder = lock_agent(&pool, &alice).await;
-    let in_flight: Vec<_> = (0..3)
-        .map(|_| {
-            let mut calls = clients.calls.clone();
-            let request = ready_request(&alice);
-            tokio::spawn(async move { calls.ready_for_service(request).await })
-        })
-        .collect();
+    let in_flight = spawn_readies(&clients.calls, &alice, 3);
     wait_for_lock_waiters(&pool, 1).await;
     // Steady traffic on another agent, through the signal.
     let steady = {
@@ -333,13 +327,7 @@ async fn sigterm_with_a_silent_database_exits_by_the_deadline(pool: PgPool) {
         .expect("served through the proxy");
 
     proxy.stall();
-    let stuck: Vec<_> = (0..3)
-        .map(|_| {
-            let mut calls = clients.calls.clone();
-            let request = ready_request(&agents[0].0);
-            tokio::spawn(async move { calls.ready_for_service(request).await })
-        })
-        .collect();
+    let stuck = spawn_readies(&clients.calls, &agents[0].0, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     served.terminate();
     let code = served.exit_code(Duration::from_secs(20)).await;
