@@ -58,33 +58,38 @@ async fn main() -> anyhow::Result<()> {
             };
             let pool = prepare_database(&args.database).await?;
             let app = Application::bind(args.listen, pool, options).await?;
+            // Registered before we say we serve: a SIGTERM that comes right
+            // after must start the drain, not kill the process outright.
+            let shutdown = shutdown_signal()?;
             tracing::info!(address = %app.local_addr(), transport, "serving gRPC");
-            app.run_until(shutdown_signal()).await?;
+            app.run_until(shutdown).await?;
             tracing::info!("stopped");
         }
     }
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM (what an orchestrator sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C or SIGTERM (what an orchestrator sends), listened for from the
+/// moment this returns.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+            tracing::info!("shutting down");
+        })
     }
-    tracing::info!("shutting down");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+    }
 }

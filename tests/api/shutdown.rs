@@ -17,6 +17,8 @@ use crate::support::proxy::Proxy;
 struct Served {
     child: Child,
     addr: String,
+    /// Its log so far, shown if the test fails.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// `pool`'s database on the server of `DATABASE_URL`, reached at
@@ -66,9 +68,11 @@ impl Served {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the binary");
-        // Its log says where it listens; the rest of the log is drained so
-        // the pipe never fills.
+        // Its log says where it listens; the rest of the log is kept (the
+        // pipe never fills) and shown if the test fails.
         let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         let addr = tokio::task::spawn_blocking(move || {
             let mut lines = BufReader::new(stderr).lines();
             let addr = loop {
@@ -76,17 +80,22 @@ impl Served {
                     .next()
                     .expect("the binary logs where it listens")
                     .unwrap();
+                kept.lock().unwrap().push(line.clone());
                 let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 if entry["message"] == "serving gRPC" {
                     break entry["address"].as_str().unwrap().to_owned();
                 }
             };
-            std::thread::spawn(move || lines.for_each(drop));
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    kept.lock().unwrap().push(line);
+                }
+            });
             addr
         })
         .await
         .unwrap();
-        Self { child, addr }
+        Self { child, addr, log }
     }
 
     async fn clients(&self, token: &str) -> Clients {
@@ -122,7 +131,13 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("the binary ended with {status:?}; its log:");
+            for line in self.log.lock().unwrap().iter() {
+                eprintln!("  {line}");
+            }
+        }
     }
 }
 
