@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "ccc/v20200701/call_control.proto",
     "ccc/v20200701/telephony.proto",
     "ccc/v20200701/admin.proto",
+    "ccc/v20200701/events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

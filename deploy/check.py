@@ -53,6 +53,7 @@ DEFAULTS_MS = {
     "CCC_REQUEST_TIMEOUT_MS": 10000,
 }
 POOL_CLOSE_S = 1  # startup.rs: closing the pool waits at most 1 s
+SPAN_FLUSH_S = 2  # telemetry.rs FLUSH_TIMEOUT: sending queued spans at exit
 
 findings = []
 
@@ -149,14 +150,18 @@ def check_kubernetes(docs, env_names):
     if ports.get("grpc") != grpc_port:
         finding(where, f"containerPort 'grpc' must be the listener's port {grpc_port}")
 
-    # Shutdown: drain, then in-flight work, then the pool, all inside the grace.
+    # Shutdown: drain, then in-flight work, then the pool, then the span
+    # flush, all inside the grace.
     drain_ms = ms_setting(env, "CCC_DRAIN_MS")
     shutdown_ms = ms_setting(env, "CCC_SHUTDOWN_TIMEOUT_MS")
-    need = (drain_ms + shutdown_ms) / 1000 + POOL_CLOSE_S
+    # Counted whether or not the manifests turn span export on: turning it
+    # on later must not need a new grace period.
+    need = (drain_ms + shutdown_ms) / 1000 + POOL_CLOSE_S + SPAN_FLUSH_S
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if grace <= need:
         finding(where, f"terminationGracePeriodSeconds {grace} must exceed drain "
-                f"{drain_ms} ms + shutdown {shutdown_ms} ms + pool close 1 s = {need:g} s")
+                f"{drain_ms} ms + shutdown {shutdown_ms} ms + pool close 1 s "
+                f"+ span flush 2 s = {need:g} s")
 
     # Probes: native gRPC health checks on the listener, on entries we report.
     for name in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -268,6 +268,22 @@ fn redact_password(url: &str) -> String {
     }
 }
 
+/// An OTLP/gRPC collector's URL: `http://host:port`. Checked here, so a
+/// typo stops the start naming the flag instead of silently losing every
+/// span; `https` is refused rather than sent in plaintext.
+fn otlp_endpoint(raw: &str) -> Result<String, String> {
+    let uri: tonic::transport::Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(raw.to_owned()),
+        (Some("https"), _) => Err(
+            "TLS to the collector is not supported: use http:// to a collector on the node \
+             or in the pod, or let the mesh add TLS"
+                .to_owned(),
+        ),
+        _ => Err("expected http://host:port".to_owned()),
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to serve gRPC on.
@@ -301,6 +317,14 @@ pub struct ServeArgs {
     /// from gRPC, and needs no token: keep it off public networks.
     #[arg(long, env = "CCC_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Export spans (each request, each unit of database work) over
+    /// OTLP/gRPC to this collector, e.g. `http://otel-collector:4317`; off
+    /// by default. Plaintext only: point it at a collector on the node or
+    /// in the pod, or let the mesh add TLS. Tuned with the standard
+    /// OTEL_BSP_* and OTEL_TRACES_SAMPLER variables.
+    #[arg(long, env = "CCC_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
 
     /// How long a replica remembers an access-token lookup, in
     /// milliseconds (0: look up every request). A token revoked elsewhere
@@ -354,6 +378,31 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_request_bytes: u32,
 
+    /// How often this replica's event tail looks for new changes to send
+    /// to its WatchEvents streams, in milliseconds.
+    #[arg(long, env = "CCC_WATCH_POLL_MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub watch_poll_ms: u64,
+
+    /// A WatchEvents stream with nothing to send for this long sends a
+    /// Bookmark (a resume point), in milliseconds.
+    #[arg(long, env = "CCC_WATCH_BOOKMARK_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub watch_bookmark_ms: u64,
+
+    /// Most WatchEvents streams open on this replica at once; beyond it a
+    /// watch is refused with UNAVAILABLE / Throttling (retryable).
+    #[arg(long, env = "CCC_MAX_WATCHERS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_watchers: u32,
+
+    /// How many days events are kept for WatchEvents to resume from; older
+    /// days are dropped whole (a cursor from before them gets OUT_OF_RANGE
+    /// / Cursor.Expired).
+    #[arg(long, env = "CCC_EVENT_RETENTION_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub event_retention_days: u32,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -378,6 +427,7 @@ mod tests {
         assert_eq!(args.database.max_connections, 16);
         assert!(args.tls_cert.is_none() && !args.disable_reflection);
         assert_eq!(args.token_cache_ms, 2000);
+        assert!(args.otlp_endpoint.is_none());
     }
 
     #[test]
@@ -390,6 +440,8 @@ mod tests {
             ("--max-concurrent-requests", "0"),
             ("--db-timeout-ms", "0"),
             ("--request-timeout-ms", "soon"),
+            ("--otlp-endpoint", "otel-collector:4317"),
+            ("--otlp-endpoint", "https://otel-collector:4317"),
         ] {
             let err = Cli::try_parse_from(["ccc-callcontrol", "serve", flag, value])
                 .expect_err(flag)

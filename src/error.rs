@@ -149,6 +149,13 @@ pub enum Error {
     #[error("The service is busy. Please try again later.")]
     Throttled,
 
+    /// A watch resumed from a cursor older than the events kept: changes
+    /// after it may be gone.
+    #[error(
+        "The cursor is older than the events kept. Re-read state with PollUserStatus, then watch with a blank AfterCursor."
+    )]
+    CursorExpired,
+
     /// The idempotency key was used before, by the same caller and method,
     /// with a different request.
     #[error("The idempotency key was already used with different parameters.")]
@@ -206,6 +213,7 @@ impl Error {
             Self::DeadlineExceeded => "Request.DeadlineExceeded",
             Self::Throttled => "Throttling",
             Self::IdempotentParameterMismatch => "IdempotentParameterMismatch",
+            Self::CursorExpired => "Cursor.Expired",
             Self::Unavailable(_) | Self::Contended(_) => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
         }
@@ -223,6 +231,7 @@ impl Error {
             | Self::Malformed(_)
             | Self::IdempotentParameterMismatch => 400,
             Self::TooLarge { .. } => 413,
+            Self::CursorExpired => 410,
             Self::DeadlineExceeded => 504,
             Self::Throttled => 503,
             Self::Unauthenticated => 401,

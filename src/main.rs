@@ -6,15 +6,32 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use ccc_callcontrol::app::WatchOptions;
 use ccc_callcontrol::cli;
-use ccc_callcontrol::config::{self, Cli, Command};
+use ccc_callcontrol::config::{self, Cli, Command, ServeArgs};
 use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem, prepare_database};
 use ccc_callcontrol::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let traces = match &cli.command {
+        Command::Serve(ServeArgs {
+            otlp_endpoint: Some(endpoint),
+            ..
+        }) => {
+            let traces = telemetry::init_exporting(cli.log_format, endpoint)?;
+            tracing::info!(
+                endpoint = endpoint.as_str(),
+                "exporting spans over OTLP/gRPC"
+            );
+            traces
+        }
+        _ => {
+            telemetry::init(cli.log_format);
+            telemetry::Traces::off()
+        }
+    };
     match cli.command {
         Command::Migrate(db) => {
             prepare_database(&db).await?;
@@ -55,6 +72,12 @@ async fn main() -> anyhow::Result<()> {
                 max_concurrent_requests: args.max_concurrent_requests as usize,
                 max_streams_per_connection: args.max_streams_per_connection,
                 max_request_bytes: args.max_request_bytes as usize,
+                watch: WatchOptions {
+                    poll: Duration::from_millis(args.watch_poll_ms),
+                    bookmark_every: Duration::from_millis(args.watch_bookmark_ms),
+                    max_watchers: args.max_watchers as usize,
+                    retention_days: args.event_retention_days,
+                },
             };
             let pool = prepare_database(&args.database).await?;
             let app = Application::bind(args.listen, pool, options).await?;
@@ -62,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
             // after must start the drain, not kill the process outright.
             let shutdown = shutdown_signal()?;
             tracing::info!(address = %app.local_addr(), transport, "serving gRPC");
-            app.run_until(shutdown).await?;
+            let served = app.run_until(shutdown).await;
+            // After the last request and unit: their spans are queued.
+            traces.shutdown().await;
+            served?;
             tracing::info!("stopped");
         }
     }

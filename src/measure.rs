@@ -94,6 +94,25 @@ pub fn pool(open: u32, idle: usize) {
     gauge!("ccc_db_pool_connections", "state" => "idle").set(idle as f64);
 }
 
+/// `ccc_db_pool_waiting`: units waiting for a connection from the pool
+/// (after their lane's share), up by one while this lives. A guard, so a
+/// wait cut short by the deadline still counts down. Steadily above zero
+/// means the pool is too small for the load, or the database too slow.
+pub struct PoolWaiting(());
+
+impl PoolWaiting {
+    pub fn enter() -> Self {
+        gauge!("ccc_db_pool_waiting").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for PoolWaiting {
+    fn drop(&mut self) {
+        gauge!("ccc_db_pool_waiting").decrement(1.0);
+    }
+}
+
 /// `ccc_token_cache_total{result="hit"|"miss"}`.
 pub fn token_cache(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
@@ -103,4 +122,28 @@ pub fn token_cache(hit: bool) {
 /// `ccc_events_appended_total{action}`: changes recorded in the event log.
 pub fn event_appended(action: &'static str) {
     counter!("ccc_events_appended_total", "action" => action).increment(1);
+}
+
+/// `ccc_watchers`: WatchEvents streams open on this replica, up by one
+/// while this lives.
+#[derive(Debug)]
+pub struct Watching(());
+
+impl Watching {
+    pub fn enter() -> Self {
+        gauge!("ccc_watchers").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        gauge!("ccc_watchers").decrement(1.0);
+    }
+}
+
+/// `ccc_watch_catch_up_pages_total`: pages a watcher read from the
+/// database because it was behind the tail (a resume, or a slow client).
+pub fn watch_catch_up_page() {
+    counter!("ccc_watch_catch_up_pages_total").increment(1);
 }

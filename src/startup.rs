@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::app::{App, Limits, TokenCache};
+use crate::app::{App, Limits, TokenCache, WatchOptions};
 use crate::config::DatabaseArgs;
 use crate::store::Store;
 
@@ -187,6 +187,8 @@ pub struct ServeOptions {
     pub max_streams_per_connection: u32,
     /// Largest encoded request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// How WatchEvents streams are fed.
+    pub watch: WatchOptions,
 }
 
 impl Default for ServeOptions {
@@ -204,6 +206,7 @@ impl Default for ServeOptions {
             max_concurrent_requests: 512,
             max_streams_per_connection: 128,
             max_request_bytes: 64 * 1024,
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -234,7 +237,8 @@ impl Application {
             Store::new(pool),
             TokenCache::new(options.token_cache_ttl),
             &limits,
-        );
+        )
+        .with_watch_options(options.watch.clone(), &limits);
         Ok(Self {
             listener,
             app,
@@ -282,9 +286,11 @@ impl Application {
                 .context("Invalid TLS configuration")?;
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.app.clone()));
+        let event_log = tokio::spawn(maintain_event_log(self.app.clone()));
 
         let (signalled, mut signalled_at) = tokio::sync::watch::channel(None::<Instant>);
         let drain = options.drain;
+        let watches = self.app.clone();
         let signal = async move {
             shutdown.await;
             if let Some(task) = storage_abort {
@@ -297,6 +303,9 @@ impl Application {
                 tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
                 tokio::time::sleep(drain).await;
             }
+            // Streams would hold the graceful shutdown open: they end now,
+            // UNAVAILABLE, and their callers resume elsewhere.
+            watches.end_watches();
             let _ = signalled.send(Some(Instant::now()));
         };
         let timeout = options.shutdown_timeout;
@@ -318,6 +327,7 @@ impl Application {
             }
         };
         purge.abort();
+        event_log.abort();
         if let Some(task) = storage {
             task.abort();
         }
@@ -357,6 +367,28 @@ async fn purge_idempotency_keys(app: App) {
             Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "failed to purge idempotency keys"),
         }
+    }
+}
+
+/// Keeps the event log's day partitions: the days ahead exist, the days
+/// past the retention go. At start, then hourly (a failed run is retried
+/// a minute later).
+async fn maintain_event_log(app: App) {
+    let retention = app.event_retention_days();
+    loop {
+        let pause = match app.maintain_event_log(retention).await {
+            Ok(done) => {
+                if done.created > 0 || !done.dropped.is_empty() {
+                    tracing::info!(created = done.created, dropped = ?done.dropped, "event log partitions maintained");
+                }
+                Duration::from_secs(3600)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to maintain the event log's partitions; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

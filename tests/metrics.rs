@@ -238,4 +238,10 @@ async fn the_counters_move_by_exactly_the_requests_made(pool: PgPool) {
             .copied()
             >= Some(1.0)
     );
+    // Every unit took its connection before its request was answered, so
+    // none is still waiting, and the gauge exists since the first one.
+    assert_eq!(
+        after.get(&key("ccc_db_pool_waiting", &[])).copied(),
+        Some(0.0)
+    );
 }

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&rpc, bytes)) = data.split_first() else {
         return;
     };
-    match rpc % 9 {
+    match rpc % 10 {
         0 => check(bytes, parse::parse_start_conference),
         1 => check(bytes, parse::parse_end_conference),
         2 => check(bytes, parse::parse_poll_user_status),
@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
         5 => check(bytes, parse::parse_create_instance),
         6 => check(bytes, parse::parse_create_user),
         7 => check(bytes, parse::parse_create_access_token),
-        _ => check(bytes, parse::parse_revoke_access_token),
+        8 => check(bytes, parse::parse_revoke_access_token),
+        _ => check(bytes, parse::parse_watch_events),
     }
 });
 

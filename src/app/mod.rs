@@ -8,6 +8,7 @@
 
 mod access;
 mod conference;
+mod events;
 mod provisioning;
 mod status;
 mod unit;
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 
 pub use access::{CreateAccessToken, CreatedToken, TokenCache};
 pub use conference::{EndConference, ReportChannelEvent, ReportedCall, StartConference};
+pub use events::{Item as WatchItem, Maintained, WatchEvents, WatchOptions, Watcher};
 pub use provisioning::{CreateInstance, CreateUser, CreatedUser};
 pub use status::{PollUserStatus, ReadyForService};
 pub use unit::{BoxFuture, Done, Idempotent, Limits};
@@ -35,6 +37,7 @@ pub struct App {
     store: Store,
     tokens: TokenCache,
     units: unit::Units,
+    events: events::Events,
 }
 
 /// Who asked, under which request ID, and by when the answer is due.
@@ -72,11 +75,20 @@ impl App {
 
     pub fn with_limits(store: Store, tokens: TokenCache, limits: &Limits) -> Self {
         let units = unit::Units::new(&store, limits);
+        let events = events::Events::new(&store, WatchOptions::default(), limits.db_timeout);
         Self {
             store,
             tokens,
             units,
+            events,
         }
+    }
+
+    /// The same actions, serving watchers as `options` says. Call before
+    /// the first watch.
+    pub fn with_watch_options(mut self, options: WatchOptions, limits: &Limits) -> Self {
+        self.events = events::Events::new(&self.store, options, limits.db_timeout);
+        self
     }
 
     pub fn store(&self) -> &Store {

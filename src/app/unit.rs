@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgConnection;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::Error;
 use crate::measure::{self, UnitOutcome};
@@ -72,6 +74,17 @@ pub(super) enum Lane {
     Lookup,
     /// A single read that takes no locks.
     Read,
+}
+
+impl Lane {
+    /// Its name in the unit's span.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Lookup => "lookup",
+            Self::Read => "read",
+        }
+    }
 }
 
 /// The row a write is about (a call, an agent, an instance), as
@@ -143,22 +156,29 @@ impl Units {
         store: &Store,
         lane: Lane,
         deadline: Instant,
-        give_up: &mut Option<Instant>,
+        progress: &mut Progress,
         work: &mut F,
     ) -> Result<T, Error>
     where
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, Error>>,
     {
+        progress.tries += 1;
+        progress.ran = None;
         let _share = self.enter(lane, deadline).await?;
-        let mut conn = tokio::time::timeout_at(deadline.into(), store.acquire())
-            .await
-            .map_err(|_| Error::DeadlineExceeded)??;
+        let mut conn = {
+            let _waiting = measure::PoolWaiting::enter();
+            tokio::time::timeout_at(deadline.into(), store.acquire())
+                .await
+                .map_err(|_| Error::DeadlineExceeded)??
+        };
         // Past this point the work starts, and then always ends.
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded);
         }
         measure::pool(store.pool().size(), store.pool().num_idle());
-        let give_up = *give_up.get_or_insert_with(|| Instant::now() + self.db_timeout);
+        let give_up = *progress
+            .give_up
+            .get_or_insert_with(|| Instant::now() + self.db_timeout);
         let started = Instant::now();
         let (outcome, done) = match tokio::time::timeout_at(give_up.into(), work(&mut conn)).await {
             Ok(Err(Error::Contended(cause))) => {
@@ -176,6 +196,7 @@ impl Units {
             }
         };
         measure::unit(action, outcome, started.elapsed());
+        progress.ran = Some(outcome);
         done
     }
 
@@ -221,6 +242,45 @@ impl Units {
                 "no database connection free for {lane:?} work within {:?}",
                 self.acquire_timeout
             ))),
+        }
+    }
+}
+
+/// How far a unit has got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Attempts started.
+    tries: u32,
+    /// When the database timeout ends, from the first attempt that starts
+    /// its work.
+    give_up: Option<Instant>,
+    /// How the last attempt's work ended, if it started.
+    ran: Option<UnitOutcome>,
+}
+
+impl Progress {
+    /// Records on the unit's span (the current one) how it ended:
+    /// `outcome` of its last attempt (`committed`: the work ran to its end
+    /// and what it wrote stands, a read's answer too; `rolled_back`: it
+    /// failed and nothing it wrote stands; `timed_out`: cut off, its
+    /// connection closed, so PostgreSQL rolls it back; `conflict`: it lost
+    /// a race once too often; `not_started`: no share, connection or time
+    /// left for it), and how many lost races it retried. Once each: the
+    /// log appends every value recorded.
+    fn settled<T>(&self, result: &Result<T, Error>) {
+        let outcome = match self.ran {
+            Some(UnitOutcome::Done) => "committed",
+            Some(UnitOutcome::Failed) => "rolled_back",
+            Some(UnitOutcome::TimedOut) => "timed_out",
+            Some(UnitOutcome::ConflictRetried) => "conflict",
+            None => "not_started",
+        };
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        span.record("conflict_retries", i64::from(self.tries.saturating_sub(1)));
+        if let Err(e @ (Error::Internal(_) | Error::Unavailable(_) | Error::Contended(_))) = result
+        {
+            span.set_status(opentelemetry::trace::Status::error(e.code()));
         }
     }
 }
@@ -374,32 +434,49 @@ impl App {
         }
         let units = self.units.clone();
         let store = self.store.clone();
-        let task = self.units.tracker.spawn(async move {
-            let _turn = match row {
-                Some(key) => Some(units.take_turn(key, deadline).await?),
-                None => None,
-            };
-            // The database timeout bounds every attempt together.
-            let mut give_up = None;
-            let mut tries = 1;
-            loop {
-                match units
-                    .attempt(action, &store, lane, deadline, &mut give_up, &mut work)
-                    .await
-                {
-                    // A lost race wrote nothing: try again, on a
-                    // connection taken anew after a pause (none is held
-                    // while waiting), unless the caller's time is up.
-                    Err(Error::Contended(cause)) if tries < ATTEMPTS => {
-                        tracing::debug!(action, tries, cause = %cause, "lost a race; retrying");
-                        let pause = rand::random_range(0..(1u64 << tries.min(6)));
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
-                        tries += 1;
+        // A child of the request's span (the current one here), though the
+        // unit may outlive the request.
+        let span = tracing::info_span!(
+            "unit",
+            action,
+            lane = lane.name(),
+            outcome = tracing::field::Empty,
+            conflict_retries = tracing::field::Empty,
+        );
+        let task = self.units.tracker.spawn(
+            async move {
+                let mut progress = Progress::default();
+                let result = async {
+                    let _turn = match row {
+                        Some(key) => Some(units.take_turn(key, deadline).await?),
+                        None => None,
+                    };
+                    loop {
+                        let attempt =
+                            units.attempt(action, &store, lane, deadline, &mut progress, &mut work);
+                        match attempt.await {
+                            // A lost race wrote nothing: try again, on a
+                            // connection taken anew after a pause (none is
+                            // held while waiting), unless the caller's time
+                            // is up.
+                            Err(Error::Contended(cause)) if progress.tries < ATTEMPTS => {
+                                let tries = progress.tries;
+                                tracing::debug!(
+                                    action, tries, cause = %cause, "lost a race; retrying"
+                                );
+                                let pause = rand::random_range(0..(1u64 << tries.min(6)));
+                                tokio::time::sleep(Duration::from_millis(pause)).await;
+                            }
+                            other => return other,
+                        }
                     }
-                    other => return other,
                 }
+                .await;
+                progress.settled(&result);
+                result
             }
-        });
+            .instrument(span),
+        );
         tokio::select! {
             joined = task => joined.unwrap_or_else(|e| {
                 Err(Error::Internal(anyhow::anyhow!("{action}: the unit of work failed: {e}")))

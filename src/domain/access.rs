@@ -78,6 +78,7 @@ pub enum Action {
     CreateUser,
     CreateAccessToken,
     RevokeAccessToken,
+    WatchEvents,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,7 @@ enum Service {
     CallControl,
     Telephony,
     Admin,
+    Events,
 }
 
 impl Action {
@@ -99,6 +101,7 @@ impl Action {
             | Action::CreateUser
             | Action::CreateAccessToken
             | Action::RevokeAccessToken => Service::Admin,
+            Action::WatchEvents => Service::Events,
         }
     }
 }
@@ -113,8 +116,8 @@ fn denied(why: impl Into<String>) -> Error {
 pub fn authorize(caller: &Caller, action: Action, instance: &InstanceId) -> Result<(), Error> {
     let role_may = match (caller.role, action.service()) {
         (Role::Admin, _) => action != Action::CreateInstance || caller.instance.is_none(),
-        (Role::Agent, service) => service == Service::CallControl,
-        (Role::Telephony, service) => service == Service::Telephony,
+        (Role::Agent, service) => matches!(service, Service::CallControl | Service::Events),
+        (Role::Telephony, service) => matches!(service, Service::Telephony | Service::Events),
     };
     if !role_may {
         return Err(denied(format!(
@@ -142,6 +145,16 @@ pub fn acting_agent(caller: &Caller, requested: Option<UserId>) -> Result<UserId
         ))),
         (_, Some(named), _) => Ok(named),
         (_, None, _) => Err(Error::blank("UserId")),
+    }
+}
+
+/// Whose changes a watch may see. An agent sees only its own (a blank
+/// UserId means itself; naming another is refused); an admin or the
+/// telephony adapter sees its whole instance, or the agent it names.
+pub fn watched_agent(caller: &Caller, requested: Option<UserId>) -> Result<Option<UserId>, Error> {
+    match caller.role {
+        Role::Agent => acting_agent(caller, requested).map(Some),
+        Role::Admin | Role::Telephony => Ok(requested),
     }
 }
 
@@ -281,7 +294,7 @@ mod tests {
         }
     }
 
-    const ACTIONS: [Action; 9] = [
+    const ACTIONS: [Action; 10] = [
         StartConference,
         EndConference,
         PollUserStatus,
@@ -291,6 +304,7 @@ mod tests {
         CreateUser,
         CreateAccessToken,
         RevokeAccessToken,
+        WatchEvents,
     ];
 
     /// Role × action × (own instance, another one): allowed or not.
@@ -301,25 +315,29 @@ mod tests {
         let agent = caller(Role::Agent, Some("a"), Some("alice@a"));
         let telephony = caller(Role::Telephony, Some("a"), None);
         // (caller, [allowed in "a" for each of ACTIONS], allowed in "b" too)
-        let table: [(&Caller, [bool; 9], bool); 4] = [
+        let table: [(&Caller, [bool; 10], bool); 4] = [
             (
                 &operator,
-                [true, true, true, true, true, true, true, true, true],
+                [true, true, true, true, true, true, true, true, true, true],
                 true,
             ),
             (
                 &admin,
-                [true, true, true, true, true, false, true, true, true],
+                [true, true, true, true, true, false, true, true, true, true],
                 false,
             ),
             (
                 &agent,
-                [true, true, true, true, false, false, false, false, false],
+                [
+                    true, true, true, true, false, false, false, false, false, true,
+                ],
                 false,
             ),
             (
                 &telephony,
-                [false, false, false, false, true, false, false, false, false],
+                [
+                    false, false, false, false, true, false, false, false, false, true,
+                ],
                 false,
             ),
         ];
@@ -442,5 +460,29 @@ mod tests {
             caller(Role::Telephony, Some("a"), None).principal(),
             "telephony:tok-1"
         );
+    }
+
+    #[test]
+    fn an_agent_watches_only_itself_others_what_they_name() {
+        let agent = caller(Role::Agent, Some("a"), Some("alice@a"));
+        let alice = UserId::parse("UserId", "alice@a").unwrap();
+        let bob = UserId::parse("UserId", "bob@a").unwrap();
+        assert_eq!(watched_agent(&agent, None).unwrap(), Some(alice.clone()));
+        assert_eq!(
+            watched_agent(&agent, Some(alice.clone())).unwrap(),
+            Some(alice)
+        );
+        let refused = watched_agent(&agent, Some(bob.clone())).unwrap_err();
+        assert_eq!(refused.code(), "Permission.Common");
+        for who in [
+            caller(Role::Admin, Some("a"), None),
+            caller(Role::Telephony, Some("a"), None),
+        ] {
+            assert_eq!(watched_agent(&who, None).unwrap(), None);
+            assert_eq!(
+                watched_agent(&who, Some(bob.clone())).unwrap(),
+                Some(bob.clone())
+            );
+        }
     }
 }

@@ -56,6 +56,8 @@ pub struct Call {
     pub created_at: Millis,
     /// When the last party left; `None` while the call is up.
     pub ended_at: Option<Millis>,
+    /// Events record the call's header without its channels.
+    #[serde(default)]
     pub channels: Vec<Channel>,
 }
 

@@ -8,6 +8,7 @@
 //! - [`call`]: a call, its channels, and the two-party rule;
 //! - [`conference`]: StartConference, EndConference and ReportChannelEvent
 //!   as decisions over loaded state;
+//! - [`events`]: cursors, watch filters, and calls rebuilt from events;
 //! - [`access`]: tokens, callers, and who may act where and for whom;
 //! - [`privacy`]: how personal data appears in logs.
 
@@ -15,6 +16,7 @@ pub mod access;
 pub mod agent;
 pub mod call;
 pub mod conference;
+pub mod events;
 pub mod ids;
 pub mod privacy;
 pub mod states;

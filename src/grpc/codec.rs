@@ -174,6 +174,7 @@ fn request_type(path: &str) -> &'static str {
         "CreateUser" => "CreateUserRequest",
         "CreateAccessToken" => "CreateAccessTokenRequest",
         "RevokeAccessToken" => "RevokeAccessTokenRequest",
+        "WatchEvents" => "WatchEventsRequest",
         _ => "request",
     }
 }
@@ -199,7 +200,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(methods, 9);
+        assert_eq!(methods, 10);
     }
 
     #[test]

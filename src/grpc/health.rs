@@ -25,6 +25,7 @@ pub const SERVICES: &[&str] = &[
     "ccc.v20200701.CallControl",
     "ccc.v20200701.Telephony",
     "ccc.v20200701.Admin",
+    "ccc.v20200701.Events",
 ];
 
 /// The entry that says whether this replica reaches the database.

@@ -7,6 +7,7 @@ mod admin;
 mod call_control;
 pub mod codec;
 mod convert;
+mod events;
 pub mod health;
 mod idempotency;
 mod request;
@@ -18,7 +19,7 @@ use tonic::service::Routes;
 use crate::app::App;
 use crate::proto::{
     FILE_DESCRIPTOR_SET, admin_server::AdminServer, call_control_server::CallControlServer,
-    telephony_server::TelephonyServer,
+    events_server::EventsServer, telephony_server::TelephonyServer,
 };
 use codec::DecodeGuard;
 
@@ -37,6 +38,7 @@ pub mod parse {
         AgentParams, EndConferenceParams, StartConferenceParams, parse_end_conference,
         parse_poll_user_status, parse_ready_for_service, parse_start_conference,
     };
+    pub use super::events::{WatchEventsParams, parse_watch_events};
     pub use super::telephony::parse_report_channel_event;
 }
 
@@ -69,6 +71,11 @@ pub async fn routes(
         ))
         .add_service(DecodeGuard::new(
             AdminServer::new(admin::AdminService::new(app.clone()))
+                .max_decoding_message_size(limit),
+            limit,
+        ))
+        .add_service(DecodeGuard::new(
+            EventsServer::new(events::EventsService::new(app.clone()))
                 .max_decoding_message_size(limit),
             limit,
         ));

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::{App, RequestContext};
 use crate::domain::access::Caller;
 use crate::domain::ids::{InstanceId, UserId};
 use crate::error::{Error, ParamViolation};
-use crate::measure;
+use crate::{measure, telemetry};
 
 use super::idempotency::Replies;
 
@@ -63,6 +64,16 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The caller's own deadline (`grpc-timeout`), uncapped, for a stream:
+/// the server's default request timeout does not end streams.
+pub(crate) fn stream_deadline(metadata: &MetadataMap, started: Instant) -> Option<Instant> {
+    let given = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)?;
+    started.checked_add(given)
 }
 
 /// The caller's `x-request-id` if it is a sane one (1 to 128 printable
@@ -123,7 +134,11 @@ pub(crate) fn optional_user(raw: &str) -> Result<Option<UserId>, ParamViolation>
 /// ID, instance, the caller's token handle, the W3C trace ID if the caller
 /// sent `traceparent`): gRPC code, contact-center reason, latency.
 /// Server-side failures are also logged with their whole cause chain,
-/// which never leaves the process.
+/// which never leaves the process (but for the operators' own log and
+/// trace collectors).
+///
+/// With span export on, the span is exported too, as a server span that
+/// continues the caller's trace (`telemetry::follow_caller`).
 async fn respond<T>(
     rpc: &'static str,
     request_id: &str,
@@ -140,7 +155,10 @@ async fn respond<T>(
         instance = tracing::field::Empty,
         token = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        otel.kind = "server",
     );
+    // Before the span is first entered: that is when its parent is fixed.
+    telemetry::follow_caller(&span, metadata);
     // A raw InstanceId is logged only once it is known to be one.
     if InstanceId::parse("InstanceId", instance).is_ok() {
         span.record("instance", instance);
@@ -181,6 +199,7 @@ async fn respond<T>(
             if let Error::Internal(cause) | Error::Unavailable(cause) | Error::Contended(cause) = &e
             {
                 tracing::error!(reason = e.code(), cause = format!("{cause:#}"), "failed");
+                span.set_status(opentelemetry::trace::Status::error(e.code()));
             }
             let code = super::status::grpc_code(&e);
             measure::request(rpc, code_name(code), e.code(), took);
@@ -253,6 +272,10 @@ impl<'a, M: prost::Message> Incoming<'a, M> {
     /// The request's ID: the caller's `x-request-id`, or a new one.
     pub(crate) fn id(&self) -> &str {
         &self.id
+    }
+
+    pub(crate) fn metadata(&self) -> &MetadataMap {
+        self.request.metadata()
     }
 
     pub(crate) async fn authenticate(&self) -> Result<Caller, Error> {

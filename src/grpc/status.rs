@@ -16,6 +16,7 @@ pub fn grpc_code(e: &Error) -> Code {
     match e {
         Error::Parameters(_) | Error::Malformed(_) => Code::InvalidArgument,
         Error::TooLarge { .. } => Code::ResourceExhausted,
+        Error::CursorExpired => Code::OutOfRange,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
         Error::IdempotentParameterMismatch => Code::FailedPrecondition,
         Error::Throttled => Code::Unavailable,

@@ -16,6 +16,7 @@
 pub mod agents;
 pub mod calls;
 pub mod changes;
+pub mod events;
 pub mod idempotency;
 pub mod provisioning;
 mod rows;

@@ -86,6 +86,7 @@ impl Rig {
             calls: self.app.calls.clone(),
             telephony: self.app.telephony.clone(),
             admin: self.app.admin.clone(),
+            events: self.app.events.clone(),
         }
     }
 }

@@ -14,7 +14,7 @@ use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::domain::ids::{InstanceId, UserId};
 use ccc_callcontrol::proto::{
     self, admin_client::AdminClient, call_control_client::CallControlClient,
-    channel_context::ChannelState, telephony_client::TelephonyClient,
+    channel_context::ChannelState, events_client::EventsClient, telephony_client::TelephonyClient,
 };
 use ccc_callcontrol::startup::{Application, ServeOptions, connect_pool};
 use ccc_callcontrol::store::Store;
@@ -66,13 +66,15 @@ impl Interceptor for Bearer {
 pub type Calls = CallControlClient<InterceptedService<Channel, Bearer>>;
 pub type Telephony = TelephonyClient<InterceptedService<Channel, Bearer>>;
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+pub type Events = EventsClient<InterceptedService<Channel, Bearer>>;
 
-/// The three clients, all sending one token.
+/// A client of each service, all sending one token.
 #[derive(Clone)]
 pub struct Clients {
     pub calls: Calls,
     pub telephony: Telephony,
     pub admin: Admin,
+    pub events: Events,
 }
 
 impl Clients {
@@ -80,7 +82,8 @@ impl Clients {
         Self {
             calls: CallControlClient::with_interceptor(channel.clone(), bearer.clone()),
             telephony: TelephonyClient::with_interceptor(channel.clone(), bearer.clone()),
-            admin: AdminClient::with_interceptor(channel, bearer),
+            admin: AdminClient::with_interceptor(channel.clone(), bearer.clone()),
+            events: EventsClient::with_interceptor(channel, bearer),
         }
     }
 }
@@ -96,7 +99,9 @@ pub struct TestApp {
     pub calls: Calls,
     pub telephony: Telephony,
     pub admin: Admin,
-    _stop: oneshot::Sender<()>,
+    pub events: Events,
+    /// Dropped or sent: the server shuts down.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 /// Starts the application on 127.0.0.1:0 over `pool` and connects clients
@@ -151,7 +156,8 @@ pub async fn spawn_app_tuned(pool: PgPool, options: ServeOptions, args: Database
         calls: clients.calls,
         telephony: clients.telephony,
         admin: clients.admin,
-        _stop: stop,
+        events: clients.events,
+        stop: Some(stop),
     }
 }
 
@@ -216,6 +222,13 @@ fn init_logs() {
 }
 
 impl TestApp {
+    /// Starts the server's shutdown (what SIGTERM does in the binary).
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Clients that send `bearer`.
     pub fn clients(&self, bearer: Bearer) -> Clients {
         Clients::new(self.channel.clone(), bearer)

@@ -13,6 +13,7 @@ mod bench;
 mod concurrency;
 mod contract_json;
 mod end_conference;
+mod events;
 mod failures;
 mod faults;
 mod health;

@@ -1,0 +1,352 @@
+//! Reading the event log for the event stream: where it is final up to
+//! ([`probe`]), the changes in a range of it ([`read`]), and what a watch
+//! names ([`targets`]).
+//!
+//! Event IDs come from a sequence, so they are handed out in one order and
+//! committed in another: a transaction that drew ID 10 may commit after
+//! the one that drew 11. A reader that moved past 11 would skip 10 for
+//! good. [`probe`] gives what it takes to know when a prefix of the log is
+//! final: the highest ID handed out so far, and the transactions that may
+//! still be writing events. Every transaction that drew an ID at or below
+//! that one took its lock on `events` before drawing it (PostgreSQL locks
+//! a statement's tables before running it) and keeps the lock until it
+//! ends, so once every transaction listed has ended, every ID up to the
+//! one read is committed or rolled back for good.
+
+use serde::Deserialize;
+use sqlx::PgConnection;
+
+use crate::domain::events::{Change, Replay};
+use crate::domain::ids::{InstanceId, JobId, UserId};
+use crate::domain::{Agent, Call, Channel};
+use crate::error::Error;
+
+use super::db_error;
+
+/// The highest event ID handed out, and the virtual transaction IDs of the
+/// sessions (other than this one) that hold `events` open for writing.
+///
+/// The sequence is read first and the locks after (the lock list is a
+/// subquery of the sequence's row, so PostgreSQL cannot run it earlier):
+/// a transaction that drew an ID at or below the one read is either
+/// finished by then or in the list.
+const PROBE: &str = r#"
+SELECT s.handed_out,
+       (SELECT coalesce(array_agg(l.virtualtransaction), '{}')
+        FROM pg_locks l
+        WHERE s.handed_out IS NOT NULL
+          AND l.locktype = 'relation'
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.relation = 'events'::regclass
+          AND l.mode = 'RowExclusiveLock'
+          AND l.pid <> pg_backend_pid()) AS writers
+FROM (SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'event_id')::regclass), 0)
+             AS handed_out
+      OFFSET 0) s
+"#;
+
+/// See [`PROBE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub handed_out: i64,
+    pub writers: Vec<String>,
+}
+
+pub async fn probe(conn: &mut PgConnection) -> Result<Probe, Error> {
+    let (handed_out, writers): (i64, Vec<String>) = sqlx::query_as(PROBE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(Probe {
+        handed_out,
+        writers,
+    })
+}
+
+/// The events of `instances` after `after`, up to `upto`, oldest first, at
+/// most `limit` of them.
+const PAGE: &str = r#"
+SELECT instance_id, event_id, request_id, action, job_id, after,
+       (extract(epoch FROM created_at) * 1000)::int8
+FROM events
+WHERE instance_id = ANY ($1) AND event_id > $2 AND event_id <= $3
+ORDER BY event_id
+LIMIT $4
+"#;
+
+/// What the calls of a page recorded before it: every event of those calls
+/// up to `$3`, oldest first, to replay them from.
+const HISTORY: &str = r#"
+SELECT e.instance_id, e.job_id, e.after
+FROM unnest($1::text[], $2::text[]) AS j (instance_id, job_id)
+JOIN events e ON e.instance_id = j.instance_id AND e.job_id = j.job_id
+WHERE e.event_id <= $3
+ORDER BY e.event_id
+"#;
+
+/// Changes read from the log, and how far the read got: every event of the
+/// instances read up to `covered` is in `changes`.
+#[derive(Debug)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    pub covered: i64,
+}
+
+type PageRow = (
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    serde_json::Value,
+    i64,
+);
+
+/// The changes of `instances` after `after` up to `upto` (which must be
+/// final, see [`probe`]), at most `limit`, each with its call rebuilt as it
+/// was right after it.
+pub async fn read(
+    conn: &mut PgConnection,
+    instances: &[String],
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Page, Error> {
+    let rows: Vec<PageRow> = sqlx::query_as(PAGE)
+        .bind(instances)
+        .bind(after)
+        .bind(upto)
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    let covered = match rows.last() {
+        Some(last) if rows.len() >= limit => last.1,
+        _ => upto,
+    };
+
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (instance, _, _, _, job, _, _) in &rows {
+        if let Some(job) = job {
+            let key = (instance.clone(), job.clone());
+            if !calls.contains(&key) {
+                calls.push(key);
+            }
+        }
+    }
+    let mut replays: Vec<((String, String), Replay)> = Vec::new();
+    if !calls.is_empty() {
+        let (instances, jobs): (Vec<String>, Vec<String>) = calls.into_iter().unzip();
+        let history: Vec<(String, String, serde_json::Value)> = sqlx::query_as(HISTORY)
+            .bind(&instances)
+            .bind(&jobs)
+            .bind(after)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        for (instance, job, after) in history {
+            let payload = Payload::decode(after)?;
+            let replay = replay_of(&mut replays, (instance, job));
+            if let Some(header) = payload.call {
+                replay.apply(header, payload.channels);
+            }
+        }
+    }
+
+    let mut changes = Vec::with_capacity(rows.len());
+    for (instance, event_id, request_id, action, job, after, at) in rows {
+        let payload = Payload::decode(after)?;
+        let call = match (&job, payload.call) {
+            (Some(job), Some(header)) => {
+                let replay = replay_of(&mut replays, (instance.clone(), job.clone()));
+                Some(replay.apply(header, payload.channels).clone())
+            }
+            _ => None,
+        };
+        changes.push(Change {
+            context_id: event_id,
+            action,
+            timestamp: at,
+            request_id,
+            instance_id: decode_id(InstanceId::parse("instance_id", &instance))?,
+            job_id: job
+                .map(|j| decode_id(JobId::parse("job_id", &j)))
+                .transpose()?,
+            call,
+            agents: payload.agents,
+        });
+    }
+    Ok(Page { changes, covered })
+}
+
+fn replay_of(replays: &mut Vec<((String, String), Replay)>, key: (String, String)) -> &mut Replay {
+    let at = match replays.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            replays.push((key, Replay::default()));
+            replays.len() - 1
+        }
+    };
+    &mut replays[at].1
+}
+
+fn decode_id<T>(parsed: Result<T, crate::error::ParamViolation>) -> Result<T, Error> {
+    parsed.map_err(|v| Error::Internal(anyhow::anyhow!("a stored event holds a bad ID: {v:?}")))
+}
+
+/// What an event's `after` holds (see `app::change_event` and the
+/// provisioning actions): the call's header, the channels changed, the
+/// agents changed. Events about other things (instances, tokens) hold none
+/// of them.
+#[derive(Debug, Deserialize)]
+struct Payload {
+    #[serde(default)]
+    call: Option<Call>,
+    #[serde(default)]
+    channels: Vec<Channel>,
+    #[serde(default)]
+    agents: Vec<Agent>,
+}
+
+impl Payload {
+    fn decode(after: serde_json::Value) -> Result<Self, Error> {
+        serde_json::from_value(after)
+            .map_err(|e| Error::Internal(anyhow::Error::new(e).context("decoding a stored event")))
+    }
+}
+
+/// Whether the instance, the agent and the call a watch names exist (the
+/// agent and call only if named), and the highest event ID handed out.
+const TARGETS: &str = r#"
+SELECT EXISTS (SELECT 1 FROM instances WHERE instance_id = $1),
+       $2::text IS NULL OR EXISTS (SELECT 1 FROM agents WHERE instance_id = $1 AND user_id = $2),
+       $3::text IS NULL OR EXISTS (SELECT 1 FROM calls WHERE instance_id = $1 AND job_id = $3),
+       coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'event_id')::regclass), 0),
+       (SELECT removed_through FROM event_floors WHERE instance_id = $1)
+"#;
+
+/// See [`TARGETS`].
+#[derive(Debug)]
+pub struct Targets {
+    pub instance: bool,
+    pub user: bool,
+    pub job: bool,
+    pub handed_out: i64,
+    /// Events of the instance at or below this may have been removed.
+    pub removed_through: Option<i64>,
+}
+
+pub async fn targets(
+    conn: &mut PgConnection,
+    instance: &InstanceId,
+    user: Option<&UserId>,
+    job: Option<&JobId>,
+) -> Result<Targets, Error> {
+    let (instance, user, job, handed_out, removed_through) = sqlx::query_as(TARGETS)
+        .bind(instance.as_str())
+        .bind(user.map(UserId::as_str))
+        .bind(job.map(JobId::as_str))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(Targets {
+        instance,
+        user,
+        job,
+        handed_out,
+        removed_through,
+    })
+}
+
+/// The highest event ID of `instance` removed with an expired day, if
+/// any: a reader behind it may have missed changes.
+pub async fn removed_through(
+    conn: &mut PgConnection,
+    instance: &str,
+) -> Result<Option<i64>, Error> {
+    sqlx::query_scalar("SELECT removed_through FROM event_floors WHERE instance_id = $1")
+        .bind(instance)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)
+}
+
+/// `CREATE TABLE` for each day partition missing from today (UTC) to
+/// `$1` days ahead.
+const MISSING_DAYS: &str = r#"
+SELECT format('CREATE TABLE IF NOT EXISTS %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+              'events_p' || to_char(d, 'YYYYMMDD'),
+              d AT TIME ZONE 'UTC', (d + interval '1 day') AT TIME ZONE 'UTC')
+FROM generate_series(date_trunc('day', now() AT TIME ZONE 'UTC'),
+                     date_trunc('day', now() AT TIME ZONE 'UTC') + make_interval(days => $1),
+                     interval '1 day') AS d
+WHERE to_regclass(format('%I', 'events_p' || to_char(d, 'YYYYMMDD'))) IS NULL
+"#;
+
+/// Creates the day partitions missing up to `days_ahead` days ahead;
+/// returns how many it created.
+pub async fn create_days_ahead(conn: &mut PgConnection, days_ahead: i32) -> Result<usize, Error> {
+    use sqlx::Executor;
+    let ddl: Vec<String> = sqlx::query_scalar(MISSING_DAYS)
+        .bind(days_ahead)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    for statement in &ddl {
+        conn.execute(statement.as_str()).await.map_err(db_error)?;
+    }
+    Ok(ddl.len())
+}
+
+/// The partitions whose every row is older than `$1` days.
+const EXPIRED_DAYS: &str = r#"
+SELECT c.relname::text
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'events'::regclass
+  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), $$TO \('([^']+)'\)$$))[1]::timestamptz
+      <= now() - make_interval(days => $1)
+ORDER BY 1
+"#;
+
+pub async fn expired_days(
+    conn: &mut PgConnection,
+    retention_days: i32,
+) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar(EXPIRED_DAYS)
+        .bind(retention_days)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)
+}
+
+/// Drops one expired partition, first raising each instance's floor to the
+/// highest ID it held, in one transaction: a watcher never sees the events
+/// gone without the floor that says so. Dropping takes a short exclusive
+/// lock on `events` (bounded by the session's lock_timeout).
+pub async fn drop_day(conn: &mut PgConnection, partition: &str) -> Result<(), Error> {
+    use sqlx::{Connection, Executor};
+    let name = quote_ident(partition);
+    let mut tx = conn.begin().await.map_err(db_error)?;
+    tx.execute(
+        format!(
+            "INSERT INTO event_floors (instance_id, removed_through)
+             SELECT instance_id, max(event_id) FROM {name} GROUP BY instance_id
+             ON CONFLICT (instance_id) DO UPDATE
+             SET removed_through = greatest(event_floors.removed_through, excluded.removed_through)"
+        )
+        .as_str(),
+    )
+    .await
+    .map_err(db_error)?;
+    tx.execute(format!("DROP TABLE IF EXISTS {name}").as_str())
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)
+}
+
+/// A partition name as SQL: the names come from the catalog, but are
+/// quoted all the same.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,390 @@
+//! Span export, end to end: the real binary with `--otlp-endpoint`, a real
+//! OTLP/gRPC trace receiver in this process, and a real gRPC client that
+//! sends a W3C `traceparent`. The receiver must get the request's span in
+//! the caller's trace, as a child of the caller's span, and the unit of
+//! database work's span as a child of the request's; spans still queued
+//! at SIGTERM must be sent before the process exits; and a collector that
+//! is not there must cost requests nothing.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ccc_callcontrol::app::{App, CreateAccessToken, RequestContext, TokenCache};
+use ccc_callcontrol::domain::access::Role;
+use ccc_callcontrol::proto::{self, admin_client::AdminClient};
+use ccc_callcontrol::store::Store;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+/// The caller's trace and span, as its `traceparent` names them.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// A span as the receiver got it, with its resource's `service.name`.
+#[derive(Debug, Clone)]
+struct Received {
+    service: Option<String>,
+    span: Span,
+}
+
+/// An OTLP/gRPC trace receiver: keeps every span exported to it.
+#[derive(Debug, Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| text(&r.attributes, "service.name"));
+            for scope_spans in resource_spans.scope_spans {
+                spans.extend(scope_spans.spans.into_iter().map(|span| Received {
+                    service: service.clone(),
+                    span,
+                }));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    /// Serves on a free port of 127.0.0.1; the receiver and its address.
+    async fn start() -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collector = Self::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .expect("the receiver serves");
+        });
+        (collector, addr)
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 20 s) until `found` finds what it looks for in the
+    /// spans received so far.
+    async fn wait_for<T>(&self, mut found: impl FnMut(&[Received]) -> Option<T>) -> T {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let spans = self.spans();
+            if let Some(t) = found(&spans) {
+                return t;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "not received within 20 s; the spans received: {spans:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The string value of attribute `key`.
+fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+    match attribute(attributes, key)? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|AnyValue { value }| value.as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The request span of the caller's trace, and the unit span of `action`
+/// under it, once both are in.
+fn request_and_unit(spans: &[Received], action: &str) -> Option<(Received, Received)> {
+    let request = spans
+        .iter()
+        .find(|r| r.span.name == "request" && hex(&r.span.trace_id) == TRACE)?;
+    let unit = spans.iter().find(|r| {
+        r.span.name == "unit"
+            && r.span.parent_span_id == request.span.span_id
+            && text(&r.span.attributes, "action").as_deref() == Some(action)
+    })?;
+    Some((request.clone(), unit.clone()))
+}
+
+/// The binary serving on a free port over `pool`'s database.
+struct Served {
+    child: Child,
+    addr: String,
+    /// Its log so far, shown if the test fails.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Starts it exporting spans to `collector`, with `env` set.
+    async fn start(pool: &PgPool, collector: SocketAddr, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--drain-ms", "0"])
+            .args(["--otlp-endpoint", &format!("http://{collector}")])
+            .env("DATABASE_URL", database_url(pool))
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the binary");
+        // Its log says where it listens; the rest is kept (so the pipe
+        // never fills) and shown if the test fails.
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        let addr = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            let addr = loop {
+                let Some(Ok(line)) = lines.next() else {
+                    panic!(
+                        "the binary ended before it served: {:#?}",
+                        kept.lock().unwrap()
+                    );
+                };
+                kept.lock().unwrap().push(line.clone());
+                let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if entry["message"] == "serving gRPC" {
+                    break entry["address"].as_str().unwrap().to_owned();
+                }
+            };
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    kept.lock().unwrap().push(line);
+                }
+            });
+            addr
+        })
+        .await
+        .unwrap();
+        Self { child, addr, log }
+    }
+
+    /// An Admin client on a connection of its own.
+    async fn admin(&self) -> AdminClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        AdminClient::new(channel)
+    }
+
+    fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM sent");
+    }
+
+    /// Waits for the process to exit, at most `limit`; its exit code.
+    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let give_up = Instant::now() + limit;
+        while Instant::now() < give_up {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let status = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("the binary ended with {status:?}; its log:");
+            for line in self.log.lock().unwrap().iter() {
+                eprintln!("  {line}");
+            }
+        }
+    }
+}
+
+/// `pool`'s database on the server of `DATABASE_URL`.
+fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').expect("a database URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("a test database")
+        .to_owned();
+    format!("{server}/{db}")
+}
+
+/// An operator token, made straight in the database.
+async fn operator_token(pool: &PgPool) -> String {
+    let direct = App::new(Store::new(pool.clone()), TokenCache::new(Duration::ZERO));
+    direct
+        .create_access_token(
+            &RequestContext::local("otlp", "test"),
+            &CreateAccessToken {
+                instance_id: None,
+                role: Role::Admin,
+                user_id: None,
+                expires_in_seconds: None,
+            },
+        )
+        .await
+        .unwrap()
+        .token
+        .reveal()
+        .to_owned()
+}
+
+/// CreateInstance `id` as the caller's span `CALLER_SPAN` of `TRACE`.
+async fn create_instance(served: &Served, token: &str, id: &str) {
+    let mut request = tonic::Request::new(proto::CreateInstanceRequest {
+        instance_id: id.into(),
+        name: "otlp".into(),
+        description: String::new(),
+    });
+    let metadata = request.metadata_mut();
+    metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    metadata.insert(
+        "traceparent",
+        format!("00-{TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
+    );
+    served
+        .admin()
+        .await
+        .create_instance(request)
+        .await
+        .expect("CreateInstance answers OK");
+}
+
+#[sqlx::test]
+async fn the_request_span_continues_the_callers_trace_and_the_unit_span_is_its_child(pool: PgPool) {
+    let (collector, at) = Collector::start().await;
+    let token = operator_token(&pool).await;
+    // Batches every 100 ms instead of 5 s: the test waits less.
+    let served = Served::start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+
+    create_instance(&served, &token, "ccc-otlp").await;
+
+    let (request, unit) = collector
+        .wait_for(|spans| request_and_unit(spans, "CreateInstance"))
+        .await;
+    assert_eq!(hex(&request.span.parent_span_id), CALLER_SPAN);
+    assert_eq!(request.span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        text(&request.span.attributes, "rpc").as_deref(),
+        Some("CreateInstance")
+    );
+    assert_eq!(request.service.as_deref(), Some("ccc-callcontrol"));
+    // Its log line rides along.
+    assert!(
+        request.span.events.iter().any(|e| e.name == "served"),
+        "{request:#?}"
+    );
+
+    assert_eq!(hex(&unit.span.trace_id), TRACE);
+    assert_eq!(
+        text(&unit.span.attributes, "outcome").as_deref(),
+        Some("committed"),
+        "{unit:#?}"
+    );
+    assert_eq!(
+        attribute(&unit.span.attributes, "conflict_retries"),
+        Some(&any_value::Value::IntValue(0)),
+        "{unit:#?}"
+    );
+    assert_eq!(
+        text(&unit.span.attributes, "lane").as_deref(),
+        Some("write")
+    );
+    // The token lookup ran in the request too.
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .any(|r| r.span.parent_span_id == request.span.span_id
+                && text(&r.span.attributes, "action").as_deref() == Some("Authenticate")),
+        "no Authenticate unit under the request: {:#?}",
+        collector.spans()
+    );
+}
+
+/// With batches due only every 10 minutes, the spans reach the receiver
+/// only through the flush at exit: they are all there once the process
+/// has exited.
+#[sqlx::test]
+async fn spans_still_queued_at_sigterm_are_sent_before_the_exit(pool: PgPool) {
+    let (collector, at) = Collector::start().await;
+    let token = operator_token(&pool).await;
+    let mut served = Served::start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
+
+    create_instance(&served, &token, "ccc-otlp-exit").await;
+    served.terminate();
+    assert_eq!(
+        served.exit_code(Duration::from_secs(30)).await,
+        Some(0),
+        "exits 0 after SIGTERM"
+    );
+
+    assert!(
+        request_and_unit(&collector.spans(), "CreateInstance").is_some(),
+        "the queued spans were not flushed at exit: {:#?}",
+        collector.spans()
+    );
+}
+
+/// No receiver at the endpoint: requests are answered as ever, and the exit
+/// waits for the unsendable spans no longer than its bound.
+#[sqlx::test]
+async fn a_collector_that_is_not_there_costs_requests_nothing(pool: PgPool) {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = nobody.local_addr().unwrap();
+    drop(nobody);
+    let token = operator_token(&pool).await;
+    let mut served = Served::start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+
+    for i in 0..5 {
+        create_instance(&served, &token, &format!("ccc-otlp-{i}")).await;
+    }
+    served.terminate();
+    assert_eq!(
+        served.exit_code(Duration::from_secs(30)).await,
+        Some(0),
+        "exits 0 after SIGTERM"
+    );
+}
