@@ -204,6 +204,152 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
     assert_eq!(served.exit_code(Duration::from_secs(30)).await, Some(0));
 }
 
+/// SIGTERM under steady load, as an orchestrator sends it: a health Watch
+/// sees NOT_SERVING before the listener closes; every request started
+/// while the replica still serves (well inside the drain window) is
+/// answered OK, and so are requests in flight across the close (held on
+/// a locked row until after it); anything refused later is refused as
+/// retryable (UNAVAILABLE, or CANCELLED for a stream the closing
+/// connection reset), never failed; the process exits 0.
+#[sqlx::test]
+async fn sigterm_under_load_drains_then_closes_and_loses_nothing(pool: PgPool) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    const DRAIN: Duration = Duration::from_millis(1500);
+    let app = spawn_app(pool.clone()).await;
+    let logins = ["alice", "bob", "carol", "dave", "erin"];
+    let agents = app.ready_agents(&logins).await;
+    let alice = agents[0].0.clone();
+    app.make_working(&alice).await;
+    let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
+    let mut served = Served::start(
+        &pool,
+        // The held row stays locked through the drain: about 2 s.
+        &[
+            "--drain-ms",
+            "1500",
+            "--shutdown-timeout-ms",
+            "20000",
+            "--lock-timeout-ms",
+            "10000",
+        ],
+    )
+    .await;
+    let addr: std::net::SocketAddr = served.addr.parse().unwrap();
+
+    // The health watch, on a connection of its own.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_status(&mut watch).await, Some(ServingStatus::Serving));
+    let not_serving_at = tokio::spawn(async move {
+        loop {
+            match watch.message().await {
+                Ok(Some(m)) if m.status() == ServingStatus::NotServing => break Instant::now(),
+                Ok(Some(_)) => continue,
+                other => panic!("the watch ended before NOT_SERVING: {other:?}"),
+            }
+        }
+    });
+
+    // Steady load: four clients, each on its own connection, back to back.
+    let stop_load = Instant::now() + Duration::from_secs(15);
+    let mut load = Vec::new();
+    for (user, _) in agents.iter().skip(1) {
+        let clients = served.clients(&token).await;
+        let user = user.clone();
+        load.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while Instant::now() < stop_load {
+                let started = Instant::now();
+                let answer = clients
+                    .calls
+                    .clone()
+                    .ready_for_service(ready_request(&user))
+                    .await;
+                let code = answer.map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+                answers.push((started, code));
+                if code != tonic::Code::Ok {
+                    break;
+                }
+            }
+            answers
+        }));
+    }
+    // Requests that will be in flight when the listener closes.
+    let held_clients = served.clients(&token).await;
+    let holder = lock_agent(&pool, &alice).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signalled = Instant::now();
+    served.terminate();
+    let not_serving = tokio::time::timeout(Duration::from_secs(10), not_serving_at)
+        .await
+        .expect("NOT_SERVING within 10 s")
+        .unwrap();
+    let in_flight = spawn_readies(&held_clients.calls, &alice, 3);
+    wait_for_lock_waiters(&pool, 1).await;
+    // The listener closes at the end of the drain: new connections are
+    // refused from then on.
+    let closed = loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            break Instant::now();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+
+    assert!(
+        not_serving < closed,
+        "NOT_SERVING was seen before the listener closed"
+    );
+    assert!(
+        closed - signalled >= DRAIN - Duration::from_millis(100),
+        "served through the drain window: closed {:?} after SIGTERM",
+        closed - signalled
+    );
+    for request in in_flight {
+        request
+            .await
+            .unwrap()
+            .expect("a request in flight across the close finishes OK");
+    }
+    let mut served_ok = 0;
+    for task in load {
+        for (started, code) in task.await.unwrap() {
+            if started < signalled + DRAIN / 2 {
+                assert_eq!(code, tonic::Code::Ok, "a request while the replica serves");
+            } else {
+                assert!(
+                    matches!(
+                        code,
+                        tonic::Code::Ok | tonic::Code::Unavailable | tonic::Code::Cancelled
+                    ),
+                    "refused late, but only as retryable: {code:?}"
+                );
+            }
+            served_ok += usize::from(code == tonic::Code::Ok);
+        }
+    }
+    assert!(served_ok > 20, "the load was steady: {served_ok} answered");
+    assert_eq!(served.exit_code(Duration::from_secs(30)).await, Some(0));
+}
+
 /// Work that cannot finish (its row stays locked) does not keep the process
 /// alive past the shutdown deadline, and what it had not committed is
 /// rolled back.
