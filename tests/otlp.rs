@@ -6,9 +6,7 @@
 //! at SIGTERM must be sent before the process exits; and a collector that
 //! is not there must cost requests nothing.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +24,10 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use sqlx::PgPool;
 use tonic::transport::Channel;
+
+#[path = "common/binary.rs"]
+mod binary;
+use binary::{Served, database_url};
 
 /// The caller's trace and span, as its `traceparent` names them.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -142,113 +144,25 @@ fn request_and_unit(spans: &[Received], action: &str) -> Option<(Received, Recei
     Some((request.clone(), unit.clone()))
 }
 
-/// The binary serving on a free port over `pool`'s database.
-struct Served {
-    child: Child,
-    addr: String,
-    /// Its log so far, shown if the test fails.
-    log: Arc<Mutex<Vec<String>>>,
+/// Starts the binary exporting spans to `collector`, with `env` set.
+async fn start(pool: &PgPool, collector: SocketAddr, env: &[(&str, &str)]) -> Served {
+    let endpoint = format!("http://{collector}");
+    Served::start(
+        &database_url(pool, None),
+        &["--drain-ms", "0", "--otlp-endpoint", &endpoint],
+        env,
+    )
+    .await
 }
 
-impl Served {
-    /// Starts it exporting spans to `collector`, with `env` set.
-    async fn start(pool: &PgPool, collector: SocketAddr, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(["--drain-ms", "0"])
-            .args(["--otlp-endpoint", &format!("http://{collector}")])
-            .env("DATABASE_URL", database_url(pool))
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the binary");
-        // Its log says where it listens; the rest is kept (so the pipe
-        // never fills) and shown if the test fails.
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let kept = log.clone();
-        let addr = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stderr).lines();
-            let addr = loop {
-                let Some(Ok(line)) = lines.next() else {
-                    panic!(
-                        "the binary ended before it served: {:#?}",
-                        kept.lock().unwrap()
-                    );
-                };
-                kept.lock().unwrap().push(line.clone());
-                let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if entry["message"] == "serving gRPC" {
-                    break entry["address"].as_str().unwrap().to_owned();
-                }
-            };
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    kept.lock().unwrap().push(line);
-                }
-            });
-            addr
-        })
+/// An Admin client on a connection of its own.
+async fn admin(served: &Served) -> AdminClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", served.addr))
+        .unwrap()
+        .connect()
         .await
-        .unwrap();
-        Self { child, addr, log }
-    }
-
-    /// An Admin client on a connection of its own.
-    async fn admin(&self) -> AdminClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect");
-        AdminClient::new(channel)
-    }
-
-    fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a pid we own and a valid signal number.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM sent");
-    }
-
-    /// Waits for the process to exit, at most `limit`; its exit code.
-    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
-        let give_up = Instant::now() + limit;
-        while Instant::now() < give_up {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let status = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("the binary ended with {status:?}; its log:");
-            for line in self.log.lock().unwrap().iter() {
-                eprintln!("  {line}");
-            }
-        }
-    }
-}
-
-/// `pool`'s database on the server of `DATABASE_URL`.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (server, _) = base.rsplit_once('/').expect("a database URL");
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("a test database")
-        .to_owned();
-    format!("{server}/{db}")
+        .expect("connect");
+    AdminClient::new(channel)
 }
 
 /// An operator token, made straight in the database.
@@ -284,8 +198,7 @@ async fn create_instance(served: &Served, token: &str, id: &str) {
         "traceparent",
         format!("00-{TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
     );
-    served
-        .admin()
+    admin(served)
         .await
         .create_instance(request)
         .await
@@ -297,7 +210,7 @@ async fn the_request_span_continues_the_callers_trace_and_the_unit_span_is_its_c
     let (collector, at) = Collector::start().await;
     let token = operator_token(&pool).await;
     // Batches every 100 ms instead of 5 s: the test waits less.
-    let served = Served::start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let served = start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
 
     create_instance(&served, &token, "ccc-otlp").await;
 
@@ -351,7 +264,7 @@ async fn the_request_span_continues_the_callers_trace_and_the_unit_span_is_its_c
 async fn spans_still_queued_at_sigterm_are_sent_before_the_exit(pool: PgPool) {
     let (collector, at) = Collector::start().await;
     let token = operator_token(&pool).await;
-    let mut served = Served::start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
+    let mut served = start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
 
     create_instance(&served, &token, "ccc-otlp-exit").await;
     served.terminate();
@@ -376,7 +289,7 @@ async fn a_collector_that_is_not_there_costs_requests_nothing(pool: PgPool) {
     let at = nobody.local_addr().unwrap();
     drop(nobody);
     let token = operator_token(&pool).await;
-    let mut served = Served::start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let mut served = start(&pool, at, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
 
     for i in 0..5 {
         create_instance(&served, &token, &format!("ccc-otlp-{i}")).await;

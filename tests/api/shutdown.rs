@@ -2,8 +2,7 @@
 //! exits 0; with work that cannot finish, it still exits by the shutdown
 //! deadline, and the unfinished work is rolled back.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ccc_callcontrol::domain::access::Role;
@@ -11,33 +10,8 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 
 use crate::helpers::*;
+use crate::support::binary::{Served, database_url};
 use crate::support::proxy::Proxy;
-
-/// The binary serving on a free port over `pool`'s database, with `flags`.
-struct Served {
-    child: Child,
-    addr: String,
-    /// Its log so far, shown if the test fails.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-/// `pool`'s database on the server of `DATABASE_URL`, reached at
-/// `through` (e.g. a proxy) if given: `postgres://user:pw@host:port/db`.
-fn database_url(pool: &PgPool, through: Option<std::net::SocketAddr>) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (server, _) = base.rsplit_once('/').expect("a database URL");
-    let server = match (through, server.rsplit_once('@')) {
-        (Some(addr), Some((credentials, _))) => format!("{credentials}@{addr}"),
-        (Some(addr), None) => format!("postgres://{addr}"),
-        (None, _) => server.to_owned(),
-    };
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("a test database")
-        .to_owned();
-    format!("{server}/{db}")
-}
 
 /// The address of the server of `DATABASE_URL`.
 fn database_server() -> std::net::SocketAddr {
@@ -51,94 +25,19 @@ fn database_server() -> std::net::SocketAddr {
     host_port.to_socket_addrs().unwrap().next().unwrap()
 }
 
-impl Served {
-    async fn start(pool: &PgPool, flags: &[&str]) -> Self {
-        Self::start_at(&database_url(pool, None), flags).await
-    }
-
-    /// Reads the log on a thread of its own: this test's runtime may be
-    /// what serves the binary's database (a proxy).
-    async fn start_at(database_url: &str, flags: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(flags)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the binary");
-        // Its log says where it listens; the rest of the log is kept (the
-        // pipe never fills) and shown if the test fails.
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = log.clone();
-        let addr = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stderr).lines();
-            let addr = loop {
-                let line = lines
-                    .next()
-                    .expect("the binary logs where it listens")
-                    .unwrap();
-                kept.lock().unwrap().push(line.clone());
-                let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if entry["message"] == "serving gRPC" {
-                    break entry["address"].as_str().unwrap().to_owned();
-                }
-            };
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    kept.lock().unwrap().push(line);
-                }
-            });
-            addr
-        })
-        .await
-        .unwrap();
-        Self { child, addr, log }
-    }
-
-    async fn clients(&self, token: &str) -> Clients {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect");
-        Clients::new(channel, Bearer::token(token))
-    }
-
-    fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a pid we own and a valid signal number.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM sent");
-    }
-
-    /// Waits for the process to exit, at most `limit`; its exit code.
-    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
-        let give_up = Instant::now() + limit;
-        while Instant::now() < give_up {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = self.child.kill();
-        None
-    }
+/// The binary over `pool`'s database, with `flags`.
+async fn serve(pool: &PgPool, flags: &[&str]) -> Served {
+    Served::start(&database_url(pool, None), flags, &[]).await
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let status = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("the binary ended with {status:?}; its log:");
-            for line in self.log.lock().unwrap().iter() {
-                eprintln!("  {line}");
-            }
-        }
-    }
+/// Clients on a connection of their own, sending `token`.
+async fn clients(served: &Served, token: &str) -> Clients {
+    let channel = Channel::from_shared(format!("http://{}", served.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    Clients::new(channel, Bearer::token(token))
 }
 
 /// Requests in flight when SIGTERM arrives (held on a locked row) all
@@ -153,12 +52,12 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
     let (alice, bob) = (agents[0].0.clone(), agents[1].0.clone());
     app.make_working(&alice).await;
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let mut served = Served::start(
+    let mut served = serve(
         &pool,
         &["--shutdown-timeout-ms", "20000", "--drain-ms", "0"],
     )
     .await;
-    let clients = served.clients(&token).await;
+    let clients = clients(&served, &token).await;
 
     let holder = lock_agent(&pool, &alice).await;
     let in_flight = spawn_readies(&clients.calls, &alice, 3);
@@ -214,7 +113,6 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero(pool: PgPool) {
 #[sqlx::test]
 async fn sigterm_under_load_drains_then_closes_and_loses_nothing(pool: PgPool) {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     const DRAIN: Duration = Duration::from_millis(1500);
     let app = spawn_app(pool.clone()).await;
@@ -223,7 +121,7 @@ async fn sigterm_under_load_drains_then_closes_and_loses_nothing(pool: PgPool) {
     let alice = agents[0].0.clone();
     app.make_working(&alice).await;
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let mut served = Served::start(
+    let mut served = serve(
         &pool,
         // The held row stays locked through the drain: about 2 s.
         &[
@@ -238,20 +136,7 @@ async fn sigterm_under_load_drains_then_closes_and_loses_nothing(pool: PgPool) {
     .await;
     let addr: std::net::SocketAddr = served.addr.parse().unwrap();
 
-    // The health watch, on a connection of its own.
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(next_status(&mut watch).await, Some(ServingStatus::Serving));
+    let mut watch = health_watch(&served).await;
     let not_serving_at = tokio::spawn(async move {
         loop {
             match watch.message().await {
@@ -266,7 +151,7 @@ async fn sigterm_under_load_drains_then_closes_and_loses_nothing(pool: PgPool) {
     let stop_load = Instant::now() + Duration::from_secs(15);
     let mut load = Vec::new();
     for (user, _) in agents.iter().skip(1) {
-        let clients = served.clients(&token).await;
+        let clients = clients(&served, &token).await;
         let user = user.clone();
         load.push(tokio::spawn(async move {
             let mut answers = Vec::new();
@@ -287,7 +172,7 @@ async fn sigterm_under_load_drains_then_closes_and_loses_nothing(pool: PgPool) {
         }));
     }
     // Requests that will be in flight when the listener closes.
-    let held_clients = served.clients(&token).await;
+    let held_clients = clients(&served, &token).await;
     let holder = lock_agent(&pool, &alice).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -360,7 +245,7 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
     let alice = agents[0].0.clone();
     app.make_working(&alice).await;
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let mut served = Served::start(
+    let mut served = serve(
         &pool,
         &[
             "--drain-ms",
@@ -376,7 +261,7 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
         ],
     )
     .await;
-    let clients = served.clients(&token).await;
+    let clients = clients(&served, &token).await;
 
     let holder = lock_agent(&pool, &alice).await;
     let mut calls = clients.calls.clone();
@@ -406,26 +291,13 @@ async fn sigterm_with_stuck_work_exits_by_the_deadline_and_rolls_it_back(pool: P
 #[sqlx::test]
 async fn sigterm_turns_health_not_serving_and_serves_through_the_drain(pool: PgPool) {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let app = spawn_app(pool.clone()).await;
     let agents = app.ready_agents(&["alice"]).await;
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
-    let mut served = Served::start(&pool, &["--drain-ms", "2000"]).await;
-    let clients = served.clients(&token).await;
-    let channel = Channel::from_shared(format!("http://{}", served.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(next_status(&mut watch).await, Some(ServingStatus::Serving));
+    let mut served = serve(&pool, &["--drain-ms", "2000"]).await;
+    let clients = clients(&served, &token).await;
+    let mut watch = health_watch(&served).await;
 
     served.terminate();
 
@@ -442,6 +314,29 @@ async fn sigterm_turns_health_not_serving_and_serves_through_the_drain(pool: PgP
             .expect("still served while draining");
     }
     assert_eq!(served.exit_code(Duration::from_secs(30)).await, Some(0));
+}
+
+/// A health Watch of the whole server on a connection of its own, past
+/// its first status (SERVING).
+async fn health_watch(served: &Served) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = Channel::from_shared(format!("http://{}", served.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_status(&mut watch).await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
+    );
+    watch
 }
 
 /// The next status a health Watch reports (10 s at most).
@@ -463,7 +358,7 @@ async fn sigterm_with_a_silent_database_exits_by_the_deadline(pool: PgPool) {
     let agents = app.ready_agents(&["alice"]).await;
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
     let proxy = Proxy::start(database_server()).await;
-    let mut served = Served::start_at(
+    let mut served = Served::start(
         &database_url(&pool, Some(proxy.addr())),
         &[
             "--drain-ms",
@@ -477,9 +372,10 @@ async fn sigterm_with_a_silent_database_exits_by_the_deadline(pool: PgPool) {
             "--token-cache-ms",
             "60000",
         ],
+        &[],
     )
     .await;
-    let clients = served.clients(&token).await;
+    let clients = clients(&served, &token).await;
     clients
         .calls
         .clone()
