@@ -120,6 +120,24 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub connections: u32,
 
+    /// Hold this many WatchEvents streams of the bench's instance open
+    /// through the run (end-conference and mixed workloads): each with an
+    /// ADMIN token of the instance, a blank AfterCursor and no filter, so
+    /// each receives every change. Opened before the warm-up; the report
+    /// adds a "watch latency" section: from each EndConference response
+    /// to its change arriving at each watcher, and the server's RSS
+    /// before and with the watchers. The server needs --max-watchers at
+    /// least this.
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub watchers: u32,
+
+    /// Watchers per HTTP/2 connection of their own; keep it under the
+    /// server's --max-streams-per-connection (128 by default).
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub watchers_per_connection: u32,
+
     /// With --spawn: route the service's database connections through a
     /// relay in this process that counts round trips (each Sync or simple
     /// Query the service sends). The relay is an extra hop, and it turns

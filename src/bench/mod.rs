@@ -8,10 +8,15 @@
 //! conference already left is a cheap no-op), so the run alternates
 //! untimed *preparation* with timed *measurement windows*; only the windows
 //! count towards `--duration-s` and the figures. See docs/performance.md.
+//!
+//! With `--watchers N`, N WatchEvents streams of the bench's instance stay
+//! open through the run, and the report adds their commit-to-delivery
+//! latency and the server's RSS with them (`watchers`).
 
 mod probe;
 mod relay;
 mod report;
+mod watchers;
 mod workload;
 
 use std::sync::Arc;
@@ -28,7 +33,7 @@ use crate::domain::access::Role;
 use crate::startup::{Application, ServeOptions, connect_pool, prepare_database};
 use crate::store::Store;
 
-pub use report::{Percentiles, Report};
+pub use report::{Percentiles, Report, WatchReport};
 use workload::{Clients, Mode, Recorder};
 
 /// How hard and how long to push, independent of where the service runs.
@@ -40,6 +45,8 @@ pub struct Settings {
     pub warmup: Duration,
     pub parties: usize,
     pub agents: usize,
+    /// WatchEvents streams held open through the run (0: none).
+    pub watchers: usize,
 }
 
 impl From<&BenchArgs> for Settings {
@@ -51,6 +58,7 @@ impl From<&BenchArgs> for Settings {
             warmup: Duration::from_secs_f64(args.warmup_s.max(0.0)),
             parties: args.parties as usize,
             agents: args.agents as usize,
+            watchers: args.watchers as usize,
         }
     }
 }
@@ -60,6 +68,9 @@ impl From<&BenchArgs> for Settings {
 pub struct Target {
     pub channels: Vec<Channel>,
     pub token: String,
+    /// Connections for the watchers, watcher `i` on `i % len` (empty: the
+    /// workers' connections).
+    pub watch_channels: Vec<Channel>,
 }
 
 /// What the bench watches besides its own requests; every part optional.
@@ -77,6 +88,11 @@ pub struct Watch {
     /// Database connections the service opened, counted by the relay.
     pub connections: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
+
+/// With every watch open, how long to wait before reading the server's
+/// RSS with the watchers idle (each watch first reads its gap from the
+/// database).
+const WATCHERS_SETTLE: Duration = Duration::from_secs(1);
 
 /// The `bench` subcommand: runs and prints the report.
 pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
@@ -96,9 +112,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         0 => settings.in_flight,
         n => n as usize,
     };
+    let watch_connections = settings
+        .watchers
+        .div_ceil(args.watchers_per_connection as usize);
     match &args.target {
         Some(address) => {
             let channels = connect(address, connections).await?;
+            let watch_channels = connect(address, watch_connections).await?;
             let database = match &args.database_url {
                 Some(url) => Some(watcher_pool(url).await?),
                 None => None,
@@ -106,6 +126,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             let target = Target {
                 channels,
                 token: args.token.clone().context("--target needs --token")?,
+                watch_channels,
             };
             let watch = Watch {
                 server_pid: args.server_pid,
@@ -120,6 +141,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             let target = Target {
                 channels: connect(&address, connections).await?,
                 token,
+                watch_channels: connect(&address, watch_connections).await?,
             };
             drive(&target, &watch, &settings).await
         }
@@ -200,8 +222,11 @@ async fn watcher_pool(url: &str) -> anyhow::Result<PgPool> {
         .context("Failed to connect to the database to watch")
 }
 
-/// `n` separate HTTP/2 connections to `address`.
+/// `n` separate HTTP/2 connections to `address` (none for 0).
 async fn connect(address: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
@@ -211,7 +236,7 @@ async fn connect(address: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
         .context("Invalid --target")?
         .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
+    for _ in 0..n {
         channels.push(
             endpoint
                 .connect()
@@ -227,6 +252,17 @@ async fn connect(address: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
 pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyhow::Result<Report> {
     if target.channels.is_empty() {
         bail!("no connection to drive");
+    }
+    if settings.watchers > 0
+        && !matches!(
+            settings.workload,
+            BenchWorkload::EndConference | BenchWorkload::Mixed
+        )
+    {
+        bail!(
+            "--watchers measures the delivery of EndConference changes: use it with \
+             --workload end-conference or mixed"
+        );
     }
     let clients: Vec<Clients> = target
         .channels
@@ -250,6 +286,23 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
     }
     let (timed_mode, prepare_until) = workload::modes(settings.workload);
     let prep_workers = settings.in_flight.max(16);
+
+    // Every watch opens before the warm-up, and is checked open.
+    let mut watching = None;
+    if settings.watchers > 0 {
+        let channels = if target.watch_channels.is_empty() {
+            &target.channels
+        } else {
+            &target.watch_channels
+        };
+        let before = watch.server_pid.and_then(probe::rss_kib);
+        let open =
+            watchers::Watchers::open(&clients[0], channels, &instance, settings.watchers).await?;
+        tokio::time::sleep(WATCHERS_SETTLE).await;
+        let idle = watch.server_pid.and_then(probe::rss_kib);
+        watching = Some((open, watchers::RssReadings { before, idle }));
+    }
+    let load_rss = probe::RssSampler::start(watch.server_pid);
 
     let mut measured = Recorder::new(true);
     let mut usage = probe::Usage::default();
@@ -303,6 +356,11 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
         }
     }
 
+    let rss_load_max_kib = load_rss.stop();
+    let watched = match watching {
+        Some((open, rss)) => Some(open.finish(&clients[0], &instance, &measured, rss).await),
+        None => None,
+    };
     let rss_end = watch.server_pid.and_then(probe::rss_kib);
     let rss_peak = watch.server_pid.and_then(probe::peak_rss_kib);
     Ok(Report::new(report::Run {
@@ -317,7 +375,9 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
         server_pid: watch.server_pid,
         in_process: watch.in_process,
         rss_kib: (rss_start, rss_end, rss_peak),
+        rss_load_max_kib,
         counted_round_trips: watch.round_trips.is_some(),
         watched_database: watch.database.is_some(),
+        watch: watched,
     }))
 }

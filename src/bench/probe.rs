@@ -3,7 +3,11 @@
 //! only; elsewhere every reading is `None` and the report says so.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::Watch;
 
@@ -57,10 +61,64 @@ fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// How often [`RssSampler`] reads the RSS.
+const RSS_EVERY: Duration = Duration::from_millis(100);
+
+/// Reads a process's RSS every [`RSS_EVERY`] until stopped and keeps the
+/// highest reading: the peak of one stretch of the run (`VmHWM` is the
+/// peak since the process started).
+pub struct RssSampler {
+    highest: Arc<AtomicU64>,
+    stop: CancellationToken,
+    on: bool,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid`; with `None`, samples nothing.
+    pub fn start(pid: Option<u32>) -> Self {
+        let highest = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        if let Some(pid) = pid {
+            let (highest, stop) = (highest.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Some(kib) = rss_kib(pid) {
+                        highest.fetch_max(kib, Ordering::Relaxed);
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(RSS_EVERY) => {}
+                    }
+                }
+            });
+        }
+        Self {
+            highest,
+            stop,
+            on: pid.is_some(),
+        }
+    }
+
+    /// Stops; the highest RSS seen, in KiB.
+    pub fn stop(self) -> Option<u64> {
+        let kib = self.highest.load(Ordering::Relaxed);
+        (self.on && kib > 0).then_some(kib)
+    }
+}
+
+impl Drop for RssSampler {
+    /// Stopped or dropped (a run that failed half-way), it samples no more.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// One look at everything watched.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     server_cpu_ns: Option<u64>,
+    /// This process's CPU time: the load generator (and the watchers).
+    client_cpu_ns: Option<u64>,
     /// CPU time of each client backend of the watched database.
     backends: Option<HashMap<i32, u64>>,
     round_trips: Option<u64>,
@@ -79,6 +137,7 @@ impl Snapshot {
         };
         Self {
             server_cpu_ns: watch.server_pid.and_then(cpu_ns),
+            client_cpu_ns: cpu_ns(std::process::id()),
             backends,
             round_trips: watch
                 .round_trips
@@ -114,6 +173,7 @@ async fn backend_pids(pool: &sqlx::PgPool) -> Option<Vec<i32>> {
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
     pub server_cpu_ns: Option<u64>,
+    pub client_cpu_ns: Option<u64>,
     pub backend_cpu_ns: Option<u64>,
     pub round_trips: Option<u64>,
     pub connections: Option<u64>,
@@ -123,6 +183,7 @@ impl Default for Usage {
     fn default() -> Self {
         Self {
             server_cpu_ns: Some(0),
+            client_cpu_ns: Some(0),
             backend_cpu_ns: Some(0),
             round_trips: Some(0),
             connections: Some(0),
@@ -139,6 +200,10 @@ impl Usage {
         self.server_cpu_ns = sum(
             self.server_cpu_ns,
             delta(before.server_cpu_ns, after.server_cpu_ns),
+        );
+        self.client_cpu_ns = sum(
+            self.client_cpu_ns,
+            delta(before.client_cpu_ns, after.client_cpu_ns),
         );
         self.round_trips = sum(
             self.round_trips,

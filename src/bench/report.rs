@@ -56,7 +56,51 @@ pub struct ServerReport {
     pub rss_start_kib: Option<u64>,
     pub rss_end_kib: Option<u64>,
     pub rss_peak_kib: Option<u64>,
+    /// The highest RSS sampled (every 100 ms) from the warm-up's start to
+    /// the last window's end: the load's peak.
+    pub rss_load_max_kib: Option<u64>,
     pub cpu_us_per_request: Option<f64>,
+}
+
+/// What the WatchEvents watchers saw (`--watchers`): every measured
+/// EndConference change should reach every watcher.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchReport {
+    pub watchers: usize,
+    /// HTTP/2 connections the watchers were spread over.
+    pub connections: usize,
+    /// Seconds to open every watch.
+    pub open_s: f64,
+    /// EndConference responses in the measurement windows: the changes
+    /// each watcher should receive.
+    pub changes: u64,
+    /// (watcher, change) pairs received; watchers × changes when complete.
+    pub delivered: u64,
+    /// watchers × changes − delivered.
+    pub missing: u64,
+    /// Watchers that received every measured change.
+    pub complete_watchers: usize,
+    /// Changes received at or below a ContextId already received.
+    pub out_of_order: u64,
+    /// Pairs whose change arrived before its response did (counted as 0).
+    pub before_response: u64,
+    /// Every message every watcher received, from open to close, all
+    /// actions and bookmarks.
+    pub messages: u64,
+    /// After the last window, seconds until every watcher had the last
+    /// measured change (or the 30 s limit).
+    pub drained_s: f64,
+    /// From each EndConference response arriving at the load generator to
+    /// its change arriving at a watcher, over every pair.
+    pub latency_ms: Option<Percentiles>,
+    /// Streams the server ended before the bench closed them.
+    pub errors: u64,
+    pub first_errors: Vec<String>,
+    /// Server RSS just before the first watch opened.
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS with every watch open and idle (1 s after the last
+    /// opened, before the warm-up).
+    pub rss_idle_kib: Option<u64>,
 }
 
 /// Everything a run found.
@@ -88,7 +132,12 @@ pub struct Report {
     pub db_connections_per_request: Option<f64>,
     /// CPU time of the database's client backends per request.
     pub db_backend_cpu_us_per_request: Option<f64>,
+    /// CPU time of the bench's own process (workers and watchers) per
+    /// request; `None` with the service in-process (see `server`).
+    pub client_cpu_us_per_request: Option<f64>,
     pub server: ServerReport,
+    /// With `--watchers`.
+    pub watch: Option<WatchReport>,
     pub first_errors: Vec<String>,
 }
 
@@ -105,8 +154,11 @@ pub struct Run {
     pub server_pid: Option<u32>,
     pub in_process: bool,
     pub rss_kib: (Option<u64>, Option<u64>, Option<u64>),
+    /// The highest RSS sampled under load.
+    pub rss_load_max_kib: Option<u64>,
     pub counted_round_trips: bool,
     pub watched_database: bool,
+    pub watch: Option<WatchReport>,
 }
 
 impl Report {
@@ -161,18 +213,24 @@ impl Report {
                 run.usage.backend_cpu_ns.filter(|_| run.watched_database),
                 1000.0,
             ),
+            client_cpu_us_per_request: per_request(
+                run.usage.client_cpu_ns.filter(|_| !run.in_process),
+                1000.0,
+            ),
             server: ServerReport {
                 pid: run.server_pid,
                 in_process: run.in_process,
                 rss_start_kib: run.rss_kib.0,
                 rss_end_kib: run.rss_kib.1,
                 rss_peak_kib: run.rss_kib.2,
+                rss_load_max_kib: run.rss_load_max_kib,
                 cpu_us_per_request: per_request(
                     run.usage.server_cpu_ns.filter(|_| run.server_pid.is_some()),
                     1000.0,
                 ),
             },
             first_errors: run.recorder.first_errors,
+            watch: run.watch,
         }
     }
 
@@ -205,7 +263,7 @@ impl Report {
             "\n{:<20} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "latency (ms)", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max"
         );
-        let mut row = |name: &str, n: u64, rps: f64, p: &Percentiles| {
+        let row = |t: &mut String, name: &str, n: u64, rps: f64, p: &Percentiles| {
             let _ = writeln!(
                 t,
                 "{:<20} {:>9} {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
@@ -213,10 +271,10 @@ impl Report {
             );
         };
         for (action, a) in &self.actions {
-            row(action, a.requests, a.throughput_rps, &a.latency_ms);
+            row(&mut t, action, a.requests, a.throughput_rps, &a.latency_ms);
         }
         if let (true, Some(p)) = (self.actions.len() > 1, &self.latency_ms) {
-            row("all", self.requests, self.throughput_rps, p);
+            row(&mut t, "all", self.requests, self.throughput_rps, p);
         }
         let _ = writeln!(t);
         let _ = writeln!(
@@ -238,6 +296,12 @@ impl Report {
                 |v| format!("{v:.0} µs per request")
             )
         );
+        if let Some(v) = self.client_cpu_us_per_request {
+            let _ = writeln!(
+                t,
+                "bench CPU        {v:.0} µs per request (this process: workers and watchers)"
+            );
+        }
         let mib =
             |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         let server = &self.server;
@@ -248,7 +312,7 @@ impl Report {
             Some(pid) => {
                 let _ = writeln!(
                     t,
-                    "server           pid {pid}{}: RSS {} at start, {} at end, peak {}; CPU {}",
+                    "server           pid {pid}{}: RSS {} at start, {} at end, peak {} ({} at most under load); CPU {}",
                     if server.in_process {
                         " (in-process: CPU includes the bench client)"
                     } else {
@@ -257,6 +321,7 @@ impl Report {
                     mib(server.rss_start_kib),
                     mib(server.rss_end_kib),
                     mib(server.rss_peak_kib),
+                    mib(server.rss_load_max_kib),
                     server
                         .cpu_us_per_request
                         .map_or("?".to_owned(), |v| format!("{v:.0} µs per request")),
@@ -266,7 +331,73 @@ impl Report {
         for e in &self.first_errors {
             let _ = writeln!(t, "error            {e}");
         }
+        if let Some(w) = &self.watch {
+            w.table(&mut t, self.measured_s, &mib, row);
+        }
         t
+    }
+}
+
+impl WatchReport {
+    /// The "watch latency" section of the table.
+    fn table(
+        &self,
+        t: &mut String,
+        measured_s: f64,
+        mib: &dyn Fn(Option<u64>) -> String,
+        row: impl Fn(&mut String, &str, u64, f64, &Percentiles),
+    ) {
+        let _ = writeln!(
+            t,
+            "\nwatch latency    {} WatchEvents watchers over {} connection(s), opened in {:.2} s",
+            self.watchers, self.connections, self.open_s
+        );
+        let _ = writeln!(
+            t,
+            "watched changes  {} EndConference changes x {} watchers: {} delivered, {} missing \
+             ({} watchers got every one); {} out of order, {} before their response, {} stream errors",
+            self.changes,
+            self.watchers,
+            self.delivered,
+            self.missing,
+            self.complete_watchers,
+            self.out_of_order,
+            self.before_response,
+            self.errors
+        );
+        let _ = writeln!(
+            t,
+            "watch messages   {} in all (every action); the last measured change reached every \
+             watcher {:.2} s after the last window",
+            self.messages, self.drained_s
+        );
+        let _ = writeln!(
+            t,
+            "{:<20} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "watch latency (ms)", "pairs", "pairs/s", "p50", "p90", "p99", "p99.9", "max"
+        );
+        match &self.latency_ms {
+            Some(p) => {
+                let rate = if measured_s > 0.0 {
+                    self.delivered as f64 / measured_s
+                } else {
+                    0.0
+                };
+                row(t, "commit->watcher", self.delivered, rate, p);
+            }
+            None => {
+                let _ = writeln!(t, "commit->watcher      none delivered");
+            }
+        }
+        let _ = writeln!(
+            t,
+            "server RSS       {} before the watchers opened, {} with them idle",
+            mib(self.rss_before_kib),
+            mib(self.rss_idle_kib)
+        );
+        for e in &self.first_errors {
+            let _ = writeln!(t, "watch error      {e}");
+        }
     }
 }
 
@@ -290,6 +421,7 @@ mod tests {
                 warmup: Duration::from_secs(1),
                 parties: 3,
                 agents: 16,
+                watchers: 0,
             },
             connections: 8,
             instance: "bench-0".into(),
@@ -299,6 +431,7 @@ mod tests {
             dropped: 0,
             usage: Usage {
                 server_cpu_ns: Some(2_000_000_000),
+                client_cpu_ns: Some(500_000_000),
                 backend_cpu_ns: Some(1_000_000_000),
                 round_trips: Some(5000),
                 connections: Some(0),
@@ -306,8 +439,10 @@ mod tests {
             server_pid: Some(7),
             in_process: false,
             rss_kib: (Some(10_240), Some(20_480), Some(21_504)),
+            rss_load_max_kib: Some(20_992),
             counted_round_trips: true,
             watched_database: true,
+            watch: None,
         }
     }
 
@@ -353,6 +488,50 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_section_is_printed_and_serialized_when_there_were_watchers() {
+        let mut h = Recorder::histogram();
+        for ms in [30, 40, 50] {
+            h.record(ms * 1000).unwrap();
+        }
+        let mut run = run_with(std::iter::repeat_n(1500, 10));
+        run.watch = Some(WatchReport {
+            watchers: 3,
+            connections: 1,
+            changes: 10,
+            delivered: 30,
+            complete_watchers: 3,
+            messages: 70,
+            latency_ms: Some(Percentiles::of(&h)),
+            rss_before_kib: Some(10_240),
+            rss_idle_kib: Some(11_264),
+            ..WatchReport::default()
+        });
+        let report = Report::new(run);
+        let table = report.table();
+        assert!(
+            table.contains("watch latency    3 WatchEvents watchers"),
+            "{table}"
+        );
+        assert!(table.contains("30 delivered, 0 missing"), "{table}");
+        assert!(table.contains("commit->watcher"), "{table}");
+        assert!(
+            table.contains("10.0 MiB before the watchers opened, 11.0 MiB with them idle"),
+            "{table}"
+        );
+        assert!(table.contains("(20.5 MiB at most under load)"), "{table}");
+        assert!(
+            table.contains("bench CPU        50000 µs per request"),
+            "{table}"
+        );
+
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["watch"]["delivered"], 30);
+        let p50 = json["watch"]["latency_ms"]["p50"].as_f64().unwrap();
+        assert!((p50 - 40.0).abs() <= 0.04, "{p50}");
+        assert_eq!(json["server"]["rss_load_max_kib"], 20_992);
+    }
+
+    #[test]
     fn missing_readings_are_said_so_not_zero() {
         let mut run = run_with(std::iter::once(1000));
         run.counted_round_trips = false;
@@ -362,5 +541,7 @@ mod tests {
         assert_eq!(report.db_round_trips_per_request, None);
         assert!(report.table().contains("not counted"));
         assert!(report.table().contains("not watched"));
+        assert!(!report.table().contains("watch latency"));
+        assert!(serde_json::to_value(&report).unwrap()["watch"].is_null());
     }
 }

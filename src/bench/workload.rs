@@ -46,7 +46,7 @@ type Intercepted = InterceptedService<Channel, Bearer>;
 pub struct Clients {
     calls: CallControlClient<Intercepted>,
     telephony: TelephonyClient<Intercepted>,
-    admin: AdminClient<Intercepted>,
+    pub(super) admin: AdminClient<Intercepted>,
 }
 
 impl Clients {
@@ -270,8 +270,10 @@ impl Group {
                     user_id: self.initiator.user_id.clone(),
                     job_id: self.job_id.clone(),
                 };
-                rec.time("EndConference", c.calls.clone().end_conference(request))
+                let answer = rec
+                    .time("EndConference", c.calls.clone().end_conference(request))
                     .await?;
+                rec.committed(answer.get_ref().data.as_ref().map(|d| d.context_id));
                 Stage::Left
             }
             Stage::Left => {
@@ -367,6 +369,9 @@ pub struct Recorder {
     pub errors: u64,
     /// The first few errors, for the report.
     pub first_errors: Vec<String>,
+    /// Each EndConference answered: its ContextId and when the answer
+    /// arrived (≈ its commit), for the watchers' delivery latency.
+    pub commits: Vec<(i64, Instant)>,
 }
 
 /// Errors the report quotes at most.
@@ -380,6 +385,14 @@ impl Recorder {
             by_action: BTreeMap::new(),
             errors: 0,
             first_errors: Vec::new(),
+            commits: Vec::new(),
+        }
+    }
+
+    /// Notes that a change with this ContextId was answered just now.
+    fn committed(&mut self, context_id: Option<i64>) {
+        if let (true, Some(id)) = (self.on, context_id) {
+            self.commits.push((id, Instant::now()));
         }
     }
 
@@ -431,6 +444,7 @@ impl Recorder {
                 .expect("same bounds");
         }
         self.errors += other.errors;
+        self.commits.extend(other.commits);
         for e in other.first_errors {
             if self.first_errors.len() < QUOTED_ERRORS {
                 self.first_errors.push(e);

@@ -1,7 +1,7 @@
 //! The benchmark harness drives a real server: a short run of each
 //! workload against the test's own server completes requests without
-//! errors. No timing is asserted; the figures belong to
-//! docs/performance.md.
+//! errors, and its watchers receive every change. No timing is asserted;
+//! the figures belong to docs/performance.md.
 
 use std::time::Duration;
 
@@ -12,12 +12,13 @@ use sqlx::PgPool;
 
 use crate::helpers::*;
 
-async fn run(pool: PgPool, workload: BenchWorkload) -> bench::Report {
+async fn run(pool: PgPool, workload: BenchWorkload, watchers: usize) -> bench::Report {
     let app = spawn_app(pool.clone()).await;
     let token = create_token(&app.direct, None, Role::Admin, None, None).await;
     let target = Target {
         channels: vec![app.channel.clone()],
         token,
+        watch_channels: Vec::new(),
     };
     let watch = Watch {
         database: Some(pool),
@@ -30,6 +31,7 @@ async fn run(pool: PgPool, workload: BenchWorkload) -> bench::Report {
         warmup: Duration::from_millis(200),
         parties: 3,
         agents: 8,
+        watchers,
     };
     bench::drive(&target, &watch, &settings)
         .await
@@ -38,7 +40,7 @@ async fn run(pool: PgPool, workload: BenchWorkload) -> bench::Report {
 
 #[sqlx::test]
 async fn end_conference_bench_completes_requests_without_errors(pool: PgPool) {
-    let report = run(pool, BenchWorkload::EndConference).await;
+    let report = run(pool, BenchWorkload::EndConference, 0).await;
 
     assert!(report.requests > 0, "{report:?}");
     assert_eq!((report.errors, report.dropped_groups), (0, 0), "{report:?}");
@@ -53,10 +55,39 @@ async fn end_conference_bench_completes_requests_without_errors(pool: PgPool) {
 
 #[sqlx::test]
 async fn mixed_bench_runs_whole_lifecycles_without_errors(pool: PgPool) {
-    let report = run(pool, BenchWorkload::Mixed).await;
+    let report = run(pool, BenchWorkload::Mixed, 0).await;
 
     assert!(report.requests > 0, "{report:?}");
     assert_eq!(report.errors, 0, "{:?}", report.first_errors);
     assert!(report.actions.contains_key("StartConference"));
     assert!(report.actions.contains_key("EndConference"));
+}
+
+#[sqlx::test]
+async fn every_watcher_receives_every_end_conference_change(pool: PgPool) {
+    let report = run(pool, BenchWorkload::EndConference, 3).await;
+
+    assert_eq!((report.errors, report.dropped_groups), (0, 0), "{report:?}");
+    let watch = report.watch.as_ref().expect("a watch section");
+    let end_conferences = report.actions["EndConference"].requests;
+    assert!(end_conferences > 0, "{report:?}");
+    assert_eq!(watch.watchers, 3);
+    assert_eq!(watch.changes, end_conferences, "one change per response");
+    assert_eq!(watch.delivered, 3 * end_conferences, "{watch:?}");
+    assert_eq!(
+        (
+            watch.missing,
+            watch.complete_watchers,
+            watch.out_of_order,
+            watch.errors
+        ),
+        (0, 3, 0, 0),
+        "{watch:?}"
+    );
+    assert!(watch.latency_ms.is_some());
+    assert!(
+        report.table().contains("watch latency"),
+        "{}",
+        report.table()
+    );
 }
