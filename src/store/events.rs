@@ -13,6 +13,8 @@
 //! ends, so once every transaction listed has ended, every ID up to the
 //! one read is committed or rolled back for good.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use sqlx::PgConnection;
 
@@ -125,18 +127,15 @@ pub async fn read(
         _ => upto,
     };
 
-    let mut calls: Vec<(String, String)> = Vec::new();
+    // Each call of the page, once, with the replay that rebuilds it.
+    let mut replays: HashMap<(String, String), Replay> = HashMap::new();
     for (instance, _, _, _, job, _, _) in &rows {
         if let Some(job) = job {
-            let key = (instance.clone(), job.clone());
-            if !calls.contains(&key) {
-                calls.push(key);
-            }
+            replays.entry((instance.clone(), job.clone())).or_default();
         }
     }
-    let mut replays: Vec<((String, String), Replay)> = Vec::new();
-    if !calls.is_empty() {
-        let (instances, jobs): (Vec<String>, Vec<String>) = calls.into_iter().unzip();
+    if !replays.is_empty() {
+        let (instances, jobs): (Vec<String>, Vec<String>) = replays.keys().cloned().unzip();
         let history: Vec<(String, String, serde_json::Value)> = sqlx::query_as(HISTORY)
             .bind(&instances)
             .bind(&jobs)
@@ -146,8 +145,8 @@ pub async fn read(
             .map_err(db_error)?;
         for (instance, job, after) in history {
             let payload = Payload::decode(after)?;
-            let replay = replay_of(&mut replays, (instance, job));
-            if let Some(header) = payload.call {
+            if let (Some(replay), Some(header)) = (replays.get_mut(&(instance, job)), payload.call)
+            {
                 replay.apply(header, payload.channels);
             }
         }
@@ -158,7 +157,7 @@ pub async fn read(
         let payload = Payload::decode(after)?;
         let call = match (&job, payload.call) {
             (Some(job), Some(header)) => {
-                let replay = replay_of(&mut replays, (instance.clone(), job.clone()));
+                let replay = replays.entry((instance.clone(), job.clone())).or_default();
                 Some(replay.apply(header, payload.channels).clone())
             }
             _ => None,
@@ -177,17 +176,6 @@ pub async fn read(
         });
     }
     Ok(Page { changes, covered })
-}
-
-fn replay_of(replays: &mut Vec<((String, String), Replay)>, key: (String, String)) -> &mut Replay {
-    let at = match replays.iter().position(|(k, _)| *k == key) {
-        Some(at) => at,
-        None => {
-            replays.push((key, Replay::default()));
-            replays.len() - 1
-        }
-    };
-    &mut replays[at].1
 }
 
 fn decode_id<T>(parsed: Result<T, crate::error::ParamViolation>) -> Result<T, Error> {
