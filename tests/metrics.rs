@@ -6,17 +6,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ccc_callcontrol::app::{App, CreateAccessToken, RequestContext, TokenCache};
 use ccc_callcontrol::config::DatabaseArgs;
-use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::proto::{
     self, admin_client::AdminClient, call_control_client::CallControlClient,
 };
 use ccc_callcontrol::startup::{Application, ServeOptions, connect_pool};
-use ccc_callcontrol::store::Store;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
+
+#[path = "common/operator.rs"]
+mod operator;
+use operator::operator_token;
 
 /// Every sample of a scrape, keyed by name and its labels sorted.
 type Samples = BTreeMap<String, f64>;
@@ -97,22 +98,7 @@ async fn the_counters_move_by_exactly_the_requests_made(pool: PgPool) {
     .unwrap();
     let addr = app.local_addr();
     tokio::spawn(app.run_until(std::future::pending()));
-    let direct = App::new(Store::new(pool.clone()), TokenCache::new(Duration::ZERO));
-    let token = direct
-        .create_access_token(
-            &RequestContext::local("metrics", "test"),
-            &CreateAccessToken {
-                instance_id: None,
-                role: Role::Admin,
-                user_id: None,
-                expires_in_seconds: None,
-            },
-        )
-        .await
-        .unwrap()
-        .token
-        .reveal()
-        .to_owned();
+    let token = operator_token(&pool).await;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()

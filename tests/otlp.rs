@@ -10,10 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccc_callcontrol::app::{App, CreateAccessToken, RequestContext, TokenCache};
-use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::proto::{self, admin_client::AdminClient};
-use ccc_callcontrol::store::Store;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -27,7 +24,10 @@ use tonic::transport::Channel;
 
 #[path = "common/binary.rs"]
 mod binary;
+#[path = "common/operator.rs"]
+mod operator;
 use binary::{Served, database_url};
+use operator::operator_token;
 
 /// The caller's trace and span, as its `traceparent` names them.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -163,26 +163,6 @@ async fn admin(served: &Served) -> AdminClient<Channel> {
         .await
         .expect("connect");
     AdminClient::new(channel)
-}
-
-/// An operator token, made straight in the database.
-async fn operator_token(pool: &PgPool) -> String {
-    let direct = App::new(Store::new(pool.clone()), TokenCache::new(Duration::ZERO));
-    direct
-        .create_access_token(
-            &RequestContext::local("otlp", "test"),
-            &CreateAccessToken {
-                instance_id: None,
-                role: Role::Admin,
-                user_id: None,
-                expires_in_seconds: None,
-            },
-        )
-        .await
-        .unwrap()
-        .token
-        .reveal()
-        .to_owned()
 }
 
 /// CreateInstance `id` as the caller's span `CALLER_SPAN` of `TRACE`.

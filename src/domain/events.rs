@@ -28,6 +28,12 @@ impl Cursor {
         }
         digits.parse().map(Cursor).map_err(|_| bad())
     }
+
+    /// Whether resuming from here could miss changes: the instance's
+    /// events up to `removed_through` were dropped with an expired day.
+    pub fn outlived_by(self, removed_through: Option<i64>) -> bool {
+        removed_through.is_some_and(|floor| self.0 < floor)
+    }
 }
 
 /// One change as a watcher receives it: the event, and the call and the
@@ -199,6 +205,13 @@ mod tests {
         ] {
             assert!(Cursor::parse("AfterCursor", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_cursor_below_the_floor_is_outlived() {
+        assert!(Cursor(4).outlived_by(Some(5)));
+        assert!(!Cursor(5).outlived_by(Some(5)), "the floor itself was seen");
+        assert!(!Cursor(0).outlived_by(None), "nothing dropped");
     }
 
     #[test]

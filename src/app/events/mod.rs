@@ -127,8 +127,9 @@ impl App {
         if let (false, Some(job)) = (found.job, &cmd.filter.job) {
             return Err(Error::CallNotFound(job.to_string()));
         }
-        if let (Some(Cursor(after)), Some(floor)) = (cmd.after, found.removed_through)
-            && after < floor
+        if cmd
+            .after
+            .is_some_and(|after| after.outlived_by(found.removed_through))
         {
             return Err(Error::CursorExpired);
         }

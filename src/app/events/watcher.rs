@@ -171,7 +171,7 @@ impl Watcher {
             })
             .await?;
         crate::measure::watch_catch_up_page();
-        if floor.is_some_and(|floor| floor > after) {
+        if Cursor(after).outlived_by(floor) {
             return Err(Error::CursorExpired);
         }
         self.queue.extend(
