@@ -88,6 +88,14 @@ pub fn unit(action: &'static str, outcome: UnitOutcome, took: Duration) {
     histogram!("ccc_db_unit_duration_seconds", "action" => action).record(took.as_secs_f64());
 }
 
+/// `ccc_db_connections_discarded_total`: connections closed instead of
+/// going back to the pool because the unit holding them did not run to its
+/// end (cut off by the database timeout, or a panic), so their state was
+/// unknown.
+pub fn connection_discarded() {
+    counter!("ccc_db_connections_discarded_total").increment(1);
+}
+
 /// `ccc_db_pool_connections{state="open"|"idle"}`, as of now.
 pub fn pool(open: u32, idle: usize) {
     gauge!("ccc_db_pool_connections", "state" => "open").set(f64::from(open));

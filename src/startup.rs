@@ -86,10 +86,12 @@ const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A pool on `options` with the service's session settings and limits:
-/// statement and lock timeouts, the idle-in-transaction timeout, and a
-/// check that each connection handed out is outside any transaction (in
-/// place of sqlx's ping, see `store::is_outside_transaction`). Tests build
-/// their pools with this too, over their own databases.
+/// statement and lock timeouts and the idle-in-transaction timeout. No
+/// check when a connection is handed out (sqlx's ping is off): a unit's
+/// connection goes back to the pool only when the unit ran to its end, and
+/// is closed otherwise (`app::unit`), and sqlx pings each connection as it
+/// comes back. Tests build their pools with this too, over their own
+/// databases.
 pub async fn connect_pool(
     options: PgConnectOptions,
     args: &DatabaseArgs,
@@ -115,7 +117,6 @@ pub async fn connect_pool(
         .max_connections(args.max_connections)
         .acquire_timeout(args.acquire_timeout())
         .test_before_acquire(false)
-        .before_acquire(|conn, _meta| Box::pin(crate::store::is_outside_transaction(conn)))
         .connect_with(options.options(settings))
         .await?;
     Ok(pool)

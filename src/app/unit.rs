@@ -22,7 +22,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -165,12 +166,12 @@ impl Units {
         progress.tries += 1;
         progress.ran = None;
         let _share = self.enter(lane, deadline).await?;
-        let mut conn = {
+        let mut conn = Leased::new({
             let _waiting = measure::PoolWaiting::enter();
             tokio::time::timeout_at(deadline.into(), store.acquire())
                 .await
                 .map_err(|_| Error::DeadlineExceeded)??
-        };
+        });
         // Past this point the work starts, and then always ends.
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded);
@@ -180,14 +181,19 @@ impl Units {
             .give_up
             .get_or_insert_with(|| Instant::now() + self.db_timeout);
         let started = Instant::now();
-        let (outcome, done) = match tokio::time::timeout_at(give_up.into(), work(&mut conn)).await {
+        let ended = tokio::time::timeout_at(give_up.into(), work(conn.raw())).await;
+        if ended.is_ok() {
+            conn.ended();
+        }
+        let (outcome, done) = match ended {
             Ok(Err(Error::Contended(cause))) => {
                 (UnitOutcome::ConflictRetried, Err(Error::Contended(cause)))
             }
             Ok(Err(e)) => (UnitOutcome::Failed, Err(e)),
             Ok(done) => (UnitOutcome::Done, done),
             Err(_) => {
-                drop(conn.detach());
+                // Dropped below without `ended`: the connection is closed.
+                drop(conn);
                 let cause = anyhow::anyhow!(
                     "{action}: the database did not answer within {:?}",
                     self.db_timeout
@@ -242,6 +248,50 @@ impl Units {
                 "no database connection free for {lane:?} work within {:?}",
                 self.acquire_timeout
             ))),
+        }
+    }
+}
+
+/// A unit's connection. It goes back to the pool only once the unit's work
+/// has run to its end (committed, rolled back, or failed with the
+/// connection in a state sqlx knows); dropped any other way (the unit cut
+/// off by its database timeout, a panic, the task abandoned at shutdown) it
+/// is closed, so a connection whose state is unknown, such as one left
+/// inside a transaction by a dropped `begin()` (sqlx 0.8.6), is never
+/// reused. This is the pool's defence, and it costs no round trip: a check
+/// statement on every acquire would add a fourth to every call action.
+struct Leased {
+    conn: Option<PoolConnection<Postgres>>,
+    ended: bool,
+}
+
+impl Leased {
+    fn new(conn: PoolConnection<Postgres>) -> Self {
+        Self {
+            conn: Some(conn),
+            ended: false,
+        }
+    }
+
+    fn raw(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+
+    /// The unit's work ran to its end: the connection may be reused.
+    fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && !self.ended
+        {
+            measure::connection_discarded();
+            // Detached, the raw connection closes its socket when dropped;
+            // PostgreSQL rolls back whatever it had open.
+            drop(conn.detach());
         }
     }
 }

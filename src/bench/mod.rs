@@ -14,7 +14,7 @@
 //! latency and the server's RSS with them (`watchers`).
 
 mod probe;
-mod relay;
+pub mod relay;
 mod report;
 mod watchers;
 mod workload;

@@ -5,13 +5,12 @@
 //! the app runs it in; none reaches for the pool itself, so a unit owns its
 //! connection from start to end (see `app::unit`).
 //!
-//! Every call action is one READ COMMITTED transaction of two statements: one
-//! that locks and reads everything the decision needs ([`calls::load`],
-//! [`agents::load`]) and one that writes the whole decision
-//! ([`changes::apply`]). A lock wait is not a failure: once the lock is
-//! granted PostgreSQL hands back the newest version of each locked row, and
-//! the few rows read without a lock are re-read if they may be stale (see
-//! [`calls::load`]).
+//! Every call action is two statements and no transaction: one that reads
+//! everything the decision needs ([`calls::load`], [`agents::load`]) and
+//! one that writes the whole decision ([`changes::apply`]), guarded so it
+//! writes only if the rows are still as they were read; if not, the action
+//! reads and decides again. A lock wait is not a failure (see
+//! [`changes`]).
 
 pub mod agents;
 pub mod calls;
@@ -78,29 +77,6 @@ pub async fn begin(conn: &mut PgConnection) -> Result<Tx<'_>, Error> {
 
 pub async fn commit(tx: Tx<'_>) -> Result<(), Error> {
     tx.commit().await.map_err(db_error)
-}
-
-/// Checks a pooled connection before it is handed out: outside a
-/// transaction block, a statement's transaction started with the statement.
-/// A connection left inside a transaction (a BEGIN whose sender was
-/// cancelled, sqlx 0.8.6's `begin()` is not cancel-safe) answers `false`, or
-/// an error if that transaction failed, and is closed instead of reused.
-/// This takes the place of sqlx's own ping, so it costs no extra round trip.
-///
-/// It must go as a simple query: in the extended protocol the implicit
-/// transaction starts at Bind and the statement's time is taken again at
-/// Execute, so the two differ even outside any transaction block.
-pub async fn is_outside_transaction(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    use sqlx::{Executor, Row};
-    // A bare string has no arguments: sqlx sends it as a simple query.
-    let row = conn
-        .fetch_one("SELECT now() = statement_timestamp()")
-        .await?;
-    let outside: bool = row.try_get(0)?;
-    if !outside {
-        tracing::warn!("a pooled connection was inside a transaction; closing it");
-    }
-    Ok(outside)
 }
 
 /// Translates a database failure into the contract's terms: lost races are

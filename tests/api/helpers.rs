@@ -118,7 +118,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 }
 
 /// Starts the application over its own pool on `pool`'s database, built
-/// as the service builds it (session timeouts, the in-transaction check),
+/// as the service builds it (session timeouts, lock and statement limits),
 /// with `pool`'s size and acquire timeout ([`service_args`]). `pool` stays
 /// the test's own, for set-up and for checking what was stored.
 pub async fn spawn_app_with(pool: PgPool, options: ServeOptions) -> TestApp {

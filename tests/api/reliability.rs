@@ -572,3 +572,69 @@ async fn a_flood_of_unknown_tokens_cannot_take_the_pool(pool: PgPool) {
         );
     }
 }
+
+/// A unit cut off by its database timeout leaves its connection in a state
+/// nobody knows (here: a statement still waiting on a row lock). That
+/// connection is closed, not put back in the pool: its session ends while
+/// the lock is still held, and the next action runs on a fresh one.
+#[sqlx::test]
+async fn a_unit_cut_off_by_its_timeout_closes_its_connection(pool: PgPool) {
+    let mut args = service_args(&pool);
+    args.max_connections = 2;
+    // Neither timeout may end the waiting statement during the test: only
+    // the connection's closing may.
+    args.lock_timeout_ms = 30_000;
+    args.statement_timeout_ms = 30_000;
+    let app = spawn_app_tuned(
+        pool,
+        ServeOptions {
+            token_cache_ttl: Duration::ZERO,
+            db_timeout: Duration::from_millis(500),
+            ..ServeOptions::default()
+        },
+        args,
+    )
+    .await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let alice = agents[0].0.clone();
+    app.make_working(&alice).await;
+
+    let holder = lock_agent(&app.pool, &alice).await;
+    let cut = spawn_readies(&app.calls, &alice, 1).pop().unwrap();
+    wait_for_lock_waiters(&app.pool, 1).await;
+    let waiting: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let status = cut
+        .await
+        .unwrap()
+        .expect_err("cut off by the database timeout");
+    assert_error(&status, Code::Unavailable, "ServiceUnavailable", 503);
+
+    // Its session ends while the lock is still held: the connection was
+    // closed (PostgreSQL notices within client_connection_check_interval,
+    // 1 s).
+    let mut alive = true;
+    for _ in 0..60 {
+        alive = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+            .bind(waiting)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive, "the cut-off unit's session {waiting} still runs");
+    assert_eq!(lock_waiters(&app.pool).await, 0);
+
+    holder.rollback().await.unwrap();
+    app.ready(&alice)
+        .await
+        .expect("the next action, on a fresh connection");
+}
