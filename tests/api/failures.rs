@@ -119,42 +119,54 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
     assert!(matches!(err, Error::Contended(_)), "{err:?}");
 }
 
-/// The service's pool reuses a healthy connection (its check of "outside a
-/// transaction" must not misfire), and closes one that was left inside a
-/// transaction instead of handing it out again.
+/// A unit that ran to its end gives its connection back to the pool for
+/// the next, whether it answered OK, with a domain error, or with a failed
+/// statement: only a unit cut off mid-way closes it
+/// (`reliability::a_unit_cut_off_by_its_timeout_closes_its_connection`).
+/// One connection in the pool, so its backend must stay the same.
 #[sqlx::test]
-async fn the_pool_reuses_clean_connections_and_closes_one_left_in_a_transaction(pool: PgPool) {
-    use sqlx::Executor;
-
+async fn units_that_end_give_their_connection_back(pool: PgPool) {
     let mut args = service_args(&pool);
     args.max_connections = 1;
-    let served = ccc_callcontrol::startup::connect_pool((*pool.connect_options()).clone(), &args)
-        .await
-        .unwrap();
-    let pid = |served: PgPool| async move {
+    let app = spawn_app_tuned(pool, Default::default(), args).await;
+    let backend = || async {
         sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
-            .fetch_one(&served)
+            .fetch_one(&app.served)
             .await
             .unwrap()
     };
-    let first = pid(served.clone()).await;
-    for _ in 0..20 {
-        assert_eq!(
-            pid(served.clone()).await,
-            first,
-            "the same connection, reused"
-        );
-    }
+    let agents = app.ready_agents(&["alice"]).await;
+    let alice = &agents[0].0;
+    let first = backend().await;
 
-    // Left inside a transaction, as a cancelled begin() would leave it.
-    let mut conn = served.acquire().await.unwrap();
-    conn.execute("BEGIN").await.unwrap();
-    drop(conn);
-
-    let next = pid(served.clone()).await;
-    assert_ne!(
-        next, first,
-        "the connection left in a transaction was closed"
+    let conf = app.answered_conference(alice, &[CUSTOMER]).await;
+    app.end(alice, &conf.job_id).await.expect("OK");
+    let err = app.end(alice, "job-1234567890123456789").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "a domain error: {err:?}");
+    // A statement that fails in the database, inside a transaction (the
+    // idempotency key makes it one).
+    sqlx::query("ALTER TABLE events RENAME TO events_gone")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut keyed = tonic::Request::new(ccc_callcontrol::proto::StartConferenceRequest {
+        instance_id: INSTANCE.into(),
+        user_id: alice.clone(),
+        participant_list_json: serde_json::to_string(&[CUSTOMER]).unwrap(),
+        timeout_seconds: None,
+        tags: String::new(),
+    });
+    keyed.metadata_mut().insert(
+        "x-idempotency-key",
+        "fails-in-the-database".parse().unwrap(),
     );
-    assert_eq!(pid(served.clone()).await, next, "and the new one is reused");
+    let err = app.calls.clone().start_conference(keyed).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    sqlx::query("ALTER TABLE events_gone RENAME TO events")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.start(alice, &[CUSTOMER]).await.expect("OK again");
+
+    assert_eq!(backend().await, first, "the same connection all along");
 }
