@@ -174,6 +174,8 @@ impl Units {
         });
         // Past this point the work starts, and then always ends.
         if Instant::now() >= deadline {
+            // Nothing ran on it: it goes back as it came.
+            conn.ended();
             return Err(Error::DeadlineExceeded);
         }
         measure::pool(store.pool().size(), store.pool().num_idle());
