@@ -60,13 +60,6 @@ impl Store {
     pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, Error> {
         self.pool.acquire().await.map_err(db_error)
     }
-
-    /// Whether the database answers within `within`; for the health
-    /// service.
-    pub async fn ping(&self, within: std::time::Duration) -> bool {
-        let ping = sqlx::query("SELECT 1").execute(&self.pool);
-        matches!(tokio::time::timeout(within, ping).await, Ok(Ok(_)))
-    }
 }
 
 /// A READ COMMITTED transaction: each statement sees what committed before
