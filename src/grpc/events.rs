@@ -7,6 +7,9 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use futures_util::Stream;
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType};
 use tonic::{Request, Response, Status};
 
 use crate::app::{App, WatchEvents, WatchItem, Watcher};
@@ -54,7 +57,8 @@ impl EventsService {
     }
 }
 
-type ChangeStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEventsResponse, Status>> + Send>>;
+type ChangeStream =
+    Pin<Box<dyn Stream<Item = Result<proto::EncodedWatchEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Events for EventsService {
@@ -133,14 +137,56 @@ fn stream(watcher: Watcher, request_id: String) -> ChangeStream {
     }))
 }
 
-fn message(item: &WatchItem) -> proto::WatchEventsResponse {
-    match item {
-        WatchItem::Change(change) => change_message(change),
-        WatchItem::Bookmark(cursor) => proto::WatchEventsResponse {
+/// The item's message, encoded. A change's is encoded by the first
+/// watcher that sends it and shared by every other (it is the same for
+/// all: its cursor is its own ContextId); a bookmark's is the watcher's own.
+fn message(item: &WatchItem) -> proto::EncodedWatchEventsResponse {
+    let bytes = match item {
+        WatchItem::Change(change) => change.encoded(|c| encode(&change_message(c))),
+        WatchItem::Bookmark(cursor) => encode(&proto::WatchEventsResponse {
             cursor: cursor.encode(),
             action: "Bookmark".to_owned(),
             ..Default::default()
-        },
+        }),
+    };
+    proto::EncodedWatchEventsResponse(bytes)
+}
+
+fn encode(message: &proto::WatchEventsResponse) -> Bytes {
+    Bytes::from(message.encode_to_vec())
+}
+
+/// The bytes are a whole `WatchEventsResponse` as protobuf: writing them
+/// as they are is encoding it, byte for byte what encoding the message
+/// itself writes. Only this server sends it, and nothing decodes into it
+/// (clients decode `WatchEventsResponse`); decoding skips every field.
+impl Message for proto::EncodedWatchEventsResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+impl std::fmt::Debug for proto::EncodedWatchEventsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedWatchEventsResponse({} bytes)", self.0.len())
     }
 }
 
@@ -159,5 +205,55 @@ fn change_message(c: &Change) -> proto::WatchEventsResponse {
             .unwrap_or_default(),
         call_context: c.call.as_ref().map(call_context),
         user_contexts: c.agents.iter().map(user_context).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_encoded_messages_are_the_messages_bytes_on_the_wire() {
+        let response = proto::WatchEventsResponse {
+            cursor: Cursor(42).encode(),
+            action: "EndConference".to_owned(),
+            context_id: 42,
+            timestamp: 1_795_534_641_854,
+            request_id: "64F487C2-60D3-4F96-B64C-765E345EC356".to_owned(),
+            instance_id: "ccc-test".to_owned(),
+            job_id: "job-1".to_owned(),
+            call_context: Some(proto::CallContext {
+                job_id: "job-1".to_owned(),
+                ..Default::default()
+            }),
+            user_contexts: vec![proto::UserContext {
+                user_id: "alice@ccc-test".to_owned(),
+                ..Default::default()
+            }],
+        };
+        let encoded = proto::EncodedWatchEventsResponse(encode(&response));
+        // What tonic's encoder does with each stream item.
+        let mut wire = Vec::new();
+        encoded.encode(&mut wire).unwrap();
+        assert_eq!(wire, response.encode_to_vec());
+        assert_eq!(encoded.encoded_len(), wire.len());
+        assert_eq!(
+            proto::WatchEventsResponse::decode(wire.as_slice()).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn a_bookmark_is_its_cursor_and_action_only() {
+        let encoded = message(&WatchItem::Bookmark(Cursor(7)));
+        let decoded = proto::WatchEventsResponse::decode(encoded.0).unwrap();
+        assert_eq!(
+            decoded,
+            proto::WatchEventsResponse {
+                cursor: "c1.7".to_owned(),
+                action: "Bookmark".to_owned(),
+                ..Default::default()
+            }
+        );
     }
 }

@@ -32,11 +32,25 @@ use super::db_error;
 /// subquery of the sequence's row, so PostgreSQL cannot run it earlier):
 /// a transaction that drew an ID at or below the one read is either
 /// finished by then or in the list.
+///
+/// `$1` is how far the caller already knows the log to be final (NULL:
+/// not known). When the sequence has not moved past it, the lock list is
+/// not read (the condition on the outer row alone is a one-time filter, so
+/// `pg_locks` is not scanned) and comes back empty. That loses nothing:
+/// every ID up to `$1` is final, so every transaction that drew one has
+/// ended; a transaction that still holds the lock has drawn no ID yet, or
+/// drew it after the sequence was read here, and so above the value read.
+/// Its ID moves the sequence, and the first probe that sees it moved reads
+/// the locks again and lists the writer while it runs. The reading of the
+/// log can only move past a value this probe returns once a probe with the
+/// locks read has shown the writers of every ID up to it ended.
+/// Nothing changed, the common case when idle, costs one sequence read.
 const PROBE: &str = r#"
 SELECT s.handed_out,
        (SELECT coalesce(array_agg(l.virtualtransaction), '{}')
         FROM pg_locks l
         WHERE s.handed_out IS NOT NULL
+          AND ($1::int8 IS NULL OR s.handed_out > $1::int8)
           AND l.locktype = 'relation'
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND l.relation = 'events'::regclass
@@ -54,8 +68,11 @@ pub struct Probe {
     pub writers: Vec<String>,
 }
 
-pub async fn probe(conn: &mut PgConnection) -> Result<Probe, Error> {
+/// See [`PROBE`]; `final_upto`: how far the log is already known to be
+/// final, if known.
+pub async fn probe(conn: &mut PgConnection, final_upto: Option<i64>) -> Result<Probe, Error> {
     let (handed_out, writers): (i64, Vec<String>) = sqlx::query_as(PROBE)
+        .bind(final_upto)
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;

@@ -7,13 +7,16 @@ mod retention;
 mod tail;
 mod watcher;
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use prost::bytes::Bytes;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::events::{Cursor, Filter};
+use crate::domain::events::{Change, Cursor, Filter};
 use crate::domain::ids::{InstanceId, JobId, UserId};
 use crate::error::Error;
 use crate::store::events;
@@ -79,6 +82,41 @@ impl Events {
             stop,
             query_timeout,
         }
+    }
+}
+
+/// A change as the replica's watchers share it: read once (by the tail,
+/// or by one watcher catching up), and its message encoded once, by the
+/// first watcher that sends it, for every watcher that sends it after.
+/// The message is the same for every watcher (a change's cursor is its own
+/// ContextId), so the bytes are too. What the bytes are is the edge's
+/// business (`grpc::events`); here they are only kept.
+#[derive(Debug)]
+pub struct SharedChange {
+    change: Change,
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedChange {
+    pub(super) fn new(change: Change) -> Self {
+        Self {
+            change,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The change's encoded message: `encode`'s result the first time it is
+    /// asked for, the same bytes (shared, not copied) every time after.
+    pub fn encoded(&self, encode: impl FnOnce(&Change) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.change)).clone()
+    }
+}
+
+impl Deref for SharedChange {
+    type Target = Change;
+
+    fn deref(&self) -> &Change {
+        &self.change
     }
 }
 

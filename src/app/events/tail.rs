@@ -11,11 +11,13 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 use tokio::sync::{Notify, broadcast, watch};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::events::Change;
 use crate::error::Error;
 use crate::store::events::{self, Probe};
+
+use super::SharedChange;
 
 /// Most changes one read of the log returns (and one batch holds).
 pub(super) const PAGE: usize = 256;
@@ -33,7 +35,7 @@ pub(super) struct Batch {
     pub after: i64,
     pub upto: i64,
     pub instances: HashSet<String>,
-    pub changes: Vec<Arc<Change>>,
+    pub changes: Vec<Arc<SharedChange>>,
 }
 
 /// The tail's handle; cheap to clone.
@@ -134,11 +136,17 @@ impl Tail {
 }
 
 /// The tail's loop: probe, read, broadcast, every `poll`, while anything
-/// is watched.
+/// is watched. Ticks start `poll` apart (a fixed rate, not a pause after
+/// each tick), so a change waits about one period for the probe that
+/// finds its writer gone, however long the tick before took; a tick that
+/// overran is followed by the next at once, then the rate resumes from
+/// there (`MissedTickBehavior::Delay`: no burst of catch-up ticks).
 async fn run(inner: Arc<Inner>) {
     let mut state = State::default();
     let mut conn: Option<PgConnection> = None;
     let mut failures: u32 = 0;
+    let mut ticks = tokio::time::interval(inner.poll);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let idle = inner.watched.lock().expect("not poisoned").is_empty();
         if idle {
@@ -150,17 +158,23 @@ async fn run(inner: Arc<Inner>) {
                 () = inner.wake.notified() => {}
                 () = inner.stop.cancelled() => return,
             }
+            ticks.reset_immediately();
             continue;
         }
-        let pause = if failures == 0 {
-            inner.poll
+        if failures == 0 {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = inner.stop.cancelled() => return,
+            }
         } else {
             // A database that fails is asked less often, up to a second.
-            (inner.poll * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(1))
-        };
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = inner.stop.cancelled() => return,
+            let pause =
+                (inner.poll * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = inner.stop.cancelled() => return,
+            }
+            ticks.reset();
         }
         match tick(&inner, &mut conn, &mut state).await {
             Ok(()) => failures = 0,
@@ -231,7 +245,10 @@ async fn tick(
         );
     }
     let c = conn.as_mut().expect("connected above");
-    let probe = within(bound, events::probe(c)).await?;
+    // Once final up to the sequence's value, the lock list is read only
+    // after the sequence moves (see `store::events::PROBE` for why that
+    // is safe).
+    let probe = within(bound, events::probe(c, state.final_upto)).await?;
     let first = state.final_upto.is_none();
     if let Some(now_final) = state.observe(probe) {
         inner.horizon.send_replace(Some(now_final));
@@ -267,7 +284,11 @@ async fn tick(
             after: state.read_upto,
             upto: page.covered,
             instances: instances.into_iter().collect(),
-            changes: page.changes.into_iter().map(Arc::new).collect(),
+            changes: page
+                .changes
+                .into_iter()
+                .map(|c| Arc::new(SharedChange::new(c)))
+                .collect(),
         };
         state.read_upto = page.covered;
         // No receivers is fine: the last watcher just left.
@@ -319,6 +340,20 @@ mod tests {
         // Everything ended.
         assert_eq!(s.observe(probe(30, &[])), Some(30));
         assert_eq!(s.observe(probe(30, &[])), None, "no move, no news");
+    }
+
+    #[test]
+    fn a_probe_without_the_lock_list_once_final_up_to_the_sequence_moves_nothing() {
+        let mut s = State::default();
+        assert_eq!(s.observe(probe(10, &[])), Some(10));
+        // 5/1 holds the lock but has drawn no ID yet.
+        assert_eq!(s.observe(probe(10, &["5/1"])), None);
+        // The sequence still at the horizon: the probe skips the lock list.
+        assert_eq!(s.observe(probe(10, &[])), None);
+        // 5/1 drew 11 and 12; the sequence moved, so the locks are read.
+        assert_eq!(s.observe(probe(12, &["5/1"])), None);
+        assert_eq!(s.observe(probe(12, &["5/1"])), None);
+        assert_eq!(s.observe(probe(12, &[])), Some(12));
     }
 
     #[test]

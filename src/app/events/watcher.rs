@@ -7,27 +7,29 @@
 //! costs the replica no more than that.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::app::App;
 use crate::app::unit::Lane;
-use crate::domain::events::{Change, Cursor, Filter};
+use crate::domain::events::{Cursor, Filter};
 use crate::domain::ids::InstanceId;
 use crate::error::Error;
 use crate::store::events;
 
+use super::SharedChange;
 use super::tail::{Batch, PAGE, Subscription};
 
 /// What a watcher sends next.
 #[derive(Debug, Clone)]
 pub enum Item {
     /// A matching change; resume after its ContextId.
-    Change(Arc<Change>),
+    Change(Arc<SharedChange>),
     /// Nothing matched for a while; resume from here.
     Bookmark(Cursor),
 }
@@ -40,13 +42,23 @@ pub struct Watcher {
     filter: Filter,
     /// Every change up to here has been queued or skipped.
     position: i64,
-    queue: VecDeque<Arc<Change>>,
+    queue: VecDeque<Arc<SharedChange>>,
     behind: bool,
     bookmark_every: Duration,
     quiet_since: Instant,
+    /// Wakes the watcher at or before its next bookmark is due
+    /// (`quiet_since + bookmark_every`). Kept across waits, and re-armed
+    /// only when it fires early, so that a watcher that keeps receiving
+    /// changes does not set and cancel a timer for every batch.
+    bookmark_timer: Pin<Box<Sleep>>,
     stop: CancellationToken,
+    /// `stop`, waited for by the same future across waits (registered
+    /// with the token once, not once per batch).
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The caller's own deadline, if it sent one.
     deadline: Option<Instant>,
+    /// That deadline, as a timer kept across waits.
+    deadline_timer: Option<Pin<Box<Sleep>>>,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _gauge: crate::measure::Watching,
 }
@@ -74,8 +86,11 @@ impl Watcher {
             behind: true,
             bookmark_every,
             quiet_since: Instant::now(),
+            bookmark_timer: Box::pin(tokio::time::sleep(bookmark_every)),
+            stopped: Box::pin(stop.clone().cancelled_owned()),
             stop,
             deadline,
+            deadline_timer: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
             _slot: slot,
             _gauge: crate::measure::Watching::enter(),
         }
@@ -98,8 +113,7 @@ impl Watcher {
                 self.catch_up().await?;
                 continue;
             }
-            let bookmark_at = self.quiet_since + self.bookmark_every;
-            let deadline = self.deadline;
+            let deadline = &mut self.deadline_timer;
             tokio::select! {
                 received = self.subscription.batches.recv() => match received {
                     Ok(batch) => self.take(&batch),
@@ -107,12 +121,19 @@ impl Watcher {
                     Err(RecvError::Lagged(_)) => self.behind = true,
                     Err(RecvError::Closed) => return Err(shutting_down()),
                 },
-                () = tokio::time::sleep_until(bookmark_at) => {
-                    self.quiet_since = Instant::now();
-                    return Ok(Item::Bookmark(Cursor(self.position)));
+                () = self.bookmark_timer.as_mut() => {
+                    let due = self.quiet_since + self.bookmark_every;
+                    let now = Instant::now();
+                    if now >= due {
+                        self.quiet_since = now;
+                        self.bookmark_timer.as_mut().reset(now + self.bookmark_every);
+                        return Ok(Item::Bookmark(Cursor(self.position)));
+                    }
+                    // Changes were sent since it was set: not due yet.
+                    self.bookmark_timer.as_mut().reset(due);
                 }
-                () = self.stop.cancelled() => return Err(shutting_down()),
-                () = sleep_until_or_never(deadline) => return Err(Error::DeadlineExceeded),
+                () = self.stopped.as_mut() => return Err(shutting_down()),
+                () = timer_or_never(deadline) => return Err(Error::DeadlineExceeded),
             }
         }
     }
@@ -178,7 +199,7 @@ impl Watcher {
             page.changes
                 .into_iter()
                 .filter(|c| self.filter.matches(c))
-                .map(Arc::new),
+                .map(|c| Arc::new(SharedChange::new(c))),
         );
         self.position = page.covered;
         if self.position >= horizon {
@@ -192,6 +213,13 @@ fn shutting_down() -> Error {
     Error::Unavailable(anyhow::anyhow!(
         "the replica is shutting down; the watcher resumes elsewhere from its cursor"
     ))
+}
+
+async fn timer_or_never(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_or_never(deadline: Option<Instant>) {
