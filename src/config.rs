@@ -213,8 +213,10 @@ pub struct DatabaseArgs {
     pub database_url: String,
 
     /// Most connections this replica keeps open. Size it so that all
-    /// replicas together stay under the server's max_connections.
-    #[arg(long, env = "CCC_DB_MAX_CONNECTIONS", default_value_t = 16,
+    /// replicas together stay under the server's max_connections. More
+    /// than the database's cores only queue inside PostgreSQL
+    /// (`scripts/bench/sustained`: 8 did best at 64 in flight on 2 cores).
+    #[arg(long, env = "CCC_DB_MAX_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_connections: u32,
 
@@ -442,7 +444,7 @@ mod tests {
             panic!("serve")
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(args.database.max_connections, 16);
+        assert_eq!(args.database.max_connections, 8);
         assert!(args.tls_cert.is_none() && !args.disable_reflection);
         assert_eq!(args.token_cache_ms, 2000);
         assert!(args.otlp_endpoint.is_none());
