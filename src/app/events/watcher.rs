@@ -55,9 +55,8 @@ pub struct Watcher {
     /// `stop`, waited for by the same future across waits (registered
     /// with the token once, not once per batch).
     stopped: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// The caller's own deadline, if it sent one.
-    deadline: Option<Instant>,
-    /// That deadline, as a timer kept across waits.
+    /// The caller's own deadline, if it sent one, as a timer kept across
+    /// waits.
     deadline_timer: Option<Pin<Box<Sleep>>>,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _gauge: crate::measure::Watching,
@@ -89,7 +88,6 @@ impl Watcher {
             bookmark_timer: Box::pin(tokio::time::sleep(bookmark_every)),
             stopped: Box::pin(stop.clone().cancelled_owned()),
             stop,
-            deadline,
             deadline_timer: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
             _slot: slot,
             _gauge: crate::measure::Watching::enter(),
@@ -169,7 +167,7 @@ impl Watcher {
     async fn catch_up(&mut self) -> Result<(), Error> {
         let horizon = tokio::select! {
             h = self.app.events.tail.horizon() => h.ok_or_else(shutting_down)?,
-            () = sleep_until_or_never(self.deadline) => return Err(Error::DeadlineExceeded),
+            () = timer_or_never(&mut self.deadline_timer) => return Err(Error::DeadlineExceeded),
         };
         if self.position >= horizon {
             self.behind = false;
@@ -218,13 +216,6 @@ fn shutting_down() -> Error {
 async fn timer_or_never(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
         Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
