@@ -85,8 +85,19 @@ const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// we are still connected.
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The planner's cost of a random page read in our sessions. PostgreSQL's
+/// default (4) prices an index probe as if it went to a spinning disk, so
+/// for the key lookups of a call action (`user_id = ANY (…)` on `agents`)
+/// it picks a sequential scan of every agent whenever the table looks
+/// small or its statistics are stale: EndConference then read every agent
+/// of the database, and its backend CPU grew with them. Our working set
+/// (live calls and their agents) is in memory; 1.1 is the usual value for
+/// that. Measured in `docs/performance.md` ("Planner costs").
+const RANDOM_PAGE_COST: &str = "1.1";
+
 /// A pool on `options` with the service's session settings and limits:
-/// statement and lock timeouts and the idle-in-transaction timeout. No
+/// statement and lock timeouts, the idle-in-transaction timeout and the
+/// planner's page costs. No
 /// check when a connection is handed out (sqlx's ping is off): a unit's
 /// connection goes back to the pool only when the unit ran to its end, and
 /// is closed otherwise (`app::unit`), and sqlx pings each connection as it
@@ -109,6 +120,7 @@ pub async fn connect_pool(
             "client_connection_check_interval",
             CLIENT_CHECK_INTERVAL.as_millis().to_string(),
         ),
+        ("random_page_cost", RANDOM_PAGE_COST.to_string()),
     ];
     if args.statement_timeout_ms > 0 {
         settings.push(("statement_timeout", args.statement_timeout_ms.to_string()));

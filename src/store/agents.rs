@@ -6,7 +6,7 @@ use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
 use super::changes::Versions;
-use super::rows::{AgentRow, agent_versions, decode};
+use super::rows::{AgentRow, agent_columns, agent_versions};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -29,15 +29,15 @@ impl LoadedAgents {
 }
 
 /// The acting agent and the agents of `extensions`, in one snapshot.
-const LOAD: &str = r#"
-WITH ag AS MATERIALIZED (
-    SELECT * FROM agents
-    WHERE instance_id = $1 AND (user_id = $2 OR extension = ANY($3))
-)
-SELECT
-    EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
-    (SELECT coalesce(jsonb_agg(to_jsonb(ag) ORDER BY ag.user_id), '[]') FROM ag) AS agents
-"#;
+const LOAD: &str = concat!(
+    "SELECT
+         EXISTS (SELECT 1 FROM instances WHERE instance_id = $1),
+         ARRAY(SELECT ROW(",
+    agent_columns!(),
+    ") FROM agents
+               WHERE instance_id = $1 AND (user_id = $2 OR extension = ANY ($3))
+               ORDER BY user_id)"
+);
 
 /// Reads agent `user` of `instance` and the agents with any of
 /// `extensions`.
@@ -48,14 +48,13 @@ pub async fn load(
     extensions: &[Extension],
 ) -> Result<LoadedAgents, Error> {
     let extensions: Vec<&str> = extensions.iter().map(Extension::as_str).collect();
-    let (instance_exists, agents): (bool, serde_json::Value) = sqlx::query_as(LOAD)
+    let (instance_exists, rows): (bool, Vec<AgentRow>) = sqlx::query_as(LOAD)
         .bind(instance.as_str())
         .bind(user.as_str())
         .bind(&extensions)
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
-    let rows: Vec<AgentRow> = decode(agents)?;
     Ok(LoadedAgents {
         instance_exists,
         versions: Versions {

@@ -8,7 +8,9 @@ use crate::domain::{Agent, Call};
 use crate::error::Error;
 
 use super::changes::Versions;
-use super::rows::{AgentRow, CallRow, ChannelRow, agent_versions, decode};
+use super::rows::{
+    AgentRow, CallRow, ChannelRow, agent_columns, agent_versions, call_columns, channel_columns,
+};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -45,24 +47,27 @@ impl LoadedCall {
 /// agents are named by one array (the parties' IDs and the actor's), so
 /// they are found by primary key: an `OR … IN (subquery)` here made
 /// PostgreSQL read every agent of the instance (`tests/api/scale.rs`).
-const LOAD: &str = r#"
-WITH c AS MATERIALIZED (
-    SELECT * FROM calls
-    WHERE instance_id = $1 AND job_id = $2
-), ch AS MATERIALIZED (
-    SELECT channels.* FROM channels JOIN c USING (instance_id, job_id)
-), ag AS MATERIALIZED (
-    SELECT agents.* FROM agents
-    WHERE agents.instance_id = $1
-      AND agents.user_id = ANY (
-          ARRAY(SELECT user_id FROM ch WHERE channel_state = ANY($4)) || $3::text)
-)
-SELECT
-    EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
-    (SELECT to_jsonb(c) FROM c) AS call,
-    (SELECT coalesce(jsonb_agg(to_jsonb(ch) ORDER BY ch.idx), '[]') FROM ch) AS channels,
-    (SELECT coalesce(jsonb_agg(to_jsonb(ag) ORDER BY ag.user_id), '[]') FROM ag) AS agents
-"#;
+const LOAD: &str = concat!(
+    "WITH ch AS MATERIALIZED (
+         SELECT idx, user_id, channel_state, ROW(",
+    channel_columns!(),
+    ") AS r
+         FROM channels WHERE instance_id = $1 AND job_id = $2
+     )
+     SELECT
+         EXISTS (SELECT 1 FROM instances WHERE instance_id = $1),
+         (SELECT ROW(",
+    call_columns!(),
+    ") FROM calls WHERE instance_id = $1 AND job_id = $2),
+         ARRAY(SELECT r FROM ch ORDER BY idx),
+         ARRAY(SELECT ROW(",
+    agent_columns!(),
+    ") FROM agents
+               WHERE instance_id = $1
+                 AND user_id = ANY (
+                     ARRAY(SELECT user_id FROM ch WHERE channel_state = ANY ($4)) || $3::text)
+               ORDER BY user_id)"
+);
 
 /// Reads call `job` of `instance` with its channels, the agent `actor` (if
 /// given) and every agent with a live channel in the call.
@@ -75,9 +80,9 @@ pub async fn load(
     let live: Vec<&str> = ChannelState::LIVE.iter().map(|s| s.as_str()).collect();
     let (instance_exists, call, channels, agents): (
         bool,
-        Option<serde_json::Value>,
-        serde_json::Value,
-        serde_json::Value,
+        Option<CallRow>,
+        Vec<ChannelRow>,
+        Vec<AgentRow>,
     ) = sqlx::query_as(LOAD)
         .bind(instance.as_str())
         .bind(job.as_str())
@@ -87,23 +92,14 @@ pub async fn load(
         .await
         .map_err(db_error)?;
 
-    let (call, call_version) = match call {
-        Some(row) => {
-            let row: CallRow = decode(row)?;
-            let version = row.context_id;
-            let channels: Vec<ChannelRow> = decode(channels)?;
-            (Some(row.into_call(channels)), Some(version))
-        }
-        None => (None, None),
-    };
-    let rows: Vec<AgentRow> = decode(agents)?;
+    let call_version = call.as_ref().map(|c| c.context_id);
     Ok(LoadedCall {
         instance_exists,
-        call,
+        call: call.map(|c| c.into_call(channels)),
         versions: Versions {
             call: call_version,
-            agents: agent_versions(&rows),
+            agents: agent_versions(&agents),
         },
-        agents: rows.into_iter().map(AgentRow::into_agent).collect(),
+        agents: agents.into_iter().map(AgentRow::into_agent).collect(),
     })
 }

@@ -1,120 +1,168 @@
-//! Rows as the queries return them (`to_jsonb` of a table row, so one
-//! statement can return a call, its channels and its agents at once), and
-//! their mapping to domain types.
+//! Rows as the queries return them, and their mapping to domain types. A
+//! query returns each row as one anonymous record, `ROW(…)` of the columns
+//! the `*_columns!` macros name, in that order, so one statement can return
+//! a call, its channels and its agents at once (a record, or an array of
+//! them, per column). Records travel in PostgreSQL's binary format: no JSON
+//! built by the server or parsed here.
 
-use serde::Deserialize;
+use sqlx::decode::Decode;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::{Oid, PgRecordDecoder};
+use sqlx::postgres::{PgHasArrayType, PgTypeInfo, PgValueRef, Postgres};
 
 use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, Millis, UserId};
 use crate::domain::states::{CallType, ChannelState, DeviceState, UserState, WorkMode};
 use crate::domain::{Agent, Call, Channel};
-use crate::error::Error;
 
-#[derive(Debug, Deserialize)]
+/// The columns of an [`AgentRow`], in its order.
+macro_rules! agent_columns {
+    () => {
+        "instance_id, user_id, extension, device_id, device_state, work_mode, user_state, \
+         break_code, job_id, outbound_scenario, signed_skill_groups, context_id"
+    };
+}
+
+/// The columns of a [`CallRow`], in its order.
+macro_rules! call_columns {
+    () => {
+        "instance_id, job_id, call_type, initiator, tags, timeout_seconds, created_at, \
+         ended_at, context_id"
+    };
+}
+
+/// The columns of a [`ChannelRow`], in its order.
+macro_rules! channel_columns {
+    () => {
+        "channel_id, idx, user_id, user_extension, originator, destination, channel_state, \
+         call_type, release_initiator, release_reason, changed_at"
+    };
+}
+
+pub(crate) use {agent_columns, call_columns, channel_columns};
+
+#[derive(Debug)]
 pub(crate) struct AgentRow {
-    instance_id: InstanceId,
-    pub user_id: UserId,
-    extension: Extension,
-    device_id: String,
-    device_state: DeviceState,
-    work_mode: WorkMode,
-    user_state: UserState,
-    break_code: String,
-    job_id: Option<JobId>,
-    outbound_scenario: bool,
-    signed_skill_groups: Vec<String>,
+    agent: Agent,
     pub context_id: i64,
 }
 
 impl AgentRow {
+    pub fn user_id(&self) -> &UserId {
+        &self.agent.user_id
+    }
+
     pub fn into_agent(self) -> Agent {
-        Agent {
-            user_id: self.user_id,
-            instance_id: self.instance_id,
-            extension: self.extension,
-            device_id: self.device_id,
-            device_state: self.device_state,
-            work_mode: self.work_mode,
-            user_state: self.user_state,
-            break_code: self.break_code,
-            job_id: self.job_id,
-            outbound_scenario: self.outbound_scenario,
-            signed_skill_groups: self.signed_skill_groups,
-        }
+        self.agent
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(crate) struct CallRow {
-    instance_id: InstanceId,
-    job_id: JobId,
-    call_type: CallType,
-    initiator: UserId,
-    tags: String,
-    timeout_seconds: i32,
-    created_at: Millis,
-    ended_at: Option<Millis>,
+    call: Call,
     pub context_id: i64,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct ChannelRow {
-    channel_id: ChannelId,
-    idx: i32,
-    user_id: Option<UserId>,
-    user_extension: String,
-    originator: String,
-    destination: String,
-    channel_state: ChannelState,
-    call_type: CallType,
-    release_initiator: String,
-    release_reason: String,
-    changed_at: Millis,
-}
-
 impl CallRow {
-    pub fn into_call(self, channels: Vec<ChannelRow>) -> Call {
-        Call {
-            instance_id: self.instance_id,
-            job_id: self.job_id,
-            call_type: self.call_type,
-            initiator: self.initiator,
-            tags: self.tags,
-            timeout_seconds: self.timeout_seconds,
-            created_at: self.created_at,
-            ended_at: self.ended_at,
-            channels: channels.into_iter().map(ChannelRow::into_channel).collect(),
-        }
+    pub fn into_call(mut self, channels: Vec<ChannelRow>) -> Call {
+        self.call.channels = channels.into_iter().map(|c| c.0).collect();
+        self.call
     }
 }
 
-impl ChannelRow {
-    fn into_channel(self) -> Channel {
-        Channel {
-            channel_id: self.channel_id,
-            index: self.idx,
-            user_id: self.user_id,
-            user_extension: (!self.user_extension.is_empty())
-                .then(|| Extension::from_trusted(self.user_extension)),
-            originator: self.originator,
-            destination: self.destination,
-            state: self.channel_state,
-            call_type: self.call_type,
-            release_initiator: self.release_initiator,
-            release_reason: self.release_reason,
-            timestamp: self.changed_at,
-        }
+#[derive(Debug)]
+pub(crate) struct ChannelRow(Channel);
+
+impl<'r> Decode<'r, Postgres> for AgentRow {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let mut r = PgRecordDecoder::new(value)?;
+        let agent = Agent {
+            instance_id: InstanceId::from_trusted(r.try_decode::<String>()?),
+            user_id: UserId::from_trusted(r.try_decode::<String>()?),
+            extension: Extension::from_trusted(r.try_decode::<String>()?),
+            device_id: r.try_decode()?,
+            device_state: r.try_decode::<String>()?.parse::<DeviceState>()?,
+            work_mode: r.try_decode::<String>()?.parse::<WorkMode>()?,
+            user_state: r.try_decode::<String>()?.parse::<UserState>()?,
+            break_code: r.try_decode()?,
+            job_id: r.try_decode::<Option<String>>()?.map(JobId::from_trusted),
+            outbound_scenario: r.try_decode()?,
+            signed_skill_groups: r.try_decode()?,
+        };
+        Ok(Self {
+            agent,
+            context_id: r.try_decode()?,
+        })
     }
 }
+
+impl<'r> Decode<'r, Postgres> for CallRow {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let mut r = PgRecordDecoder::new(value)?;
+        let call = Call {
+            instance_id: InstanceId::from_trusted(r.try_decode::<String>()?),
+            job_id: JobId::from_trusted(r.try_decode::<String>()?),
+            call_type: r.try_decode::<String>()?.parse::<CallType>()?,
+            initiator: UserId::from_trusted(r.try_decode::<String>()?),
+            tags: r.try_decode()?,
+            timeout_seconds: r.try_decode()?,
+            created_at: r.try_decode::<Millis>()?,
+            ended_at: r.try_decode::<Option<Millis>>()?,
+            channels: Vec::new(),
+        };
+        Ok(Self {
+            call,
+            context_id: r.try_decode()?,
+        })
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for ChannelRow {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let mut r = PgRecordDecoder::new(value)?;
+        Ok(Self(Channel {
+            channel_id: ChannelId::from_trusted(r.try_decode::<String>()?),
+            index: r.try_decode()?,
+            user_id: r.try_decode::<Option<String>>()?.map(UserId::from_trusted),
+            user_extension: Some(r.try_decode::<String>()?)
+                .filter(|e| !e.is_empty())
+                .map(Extension::from_trusted),
+            originator: r.try_decode()?,
+            destination: r.try_decode()?,
+            state: r.try_decode::<String>()?.parse::<ChannelState>()?,
+            call_type: r.try_decode::<String>()?.parse::<CallType>()?,
+            release_initiator: r.try_decode()?,
+            release_reason: r.try_decode()?,
+            timestamp: r.try_decode::<Millis>()?,
+        }))
+    }
+}
+
+/// PostgreSQL's `record` and `record[]`: what `ROW(…)` and
+/// `ARRAY(SELECT ROW(…) …)` return.
+const RECORD: Oid = Oid(2249);
+const RECORD_ARRAY: Oid = Oid(2287);
+
+macro_rules! anonymous_record {
+    ($($row:ty),*) => {$(
+        impl sqlx::Type<Postgres> for $row {
+            fn type_info() -> PgTypeInfo {
+                PgTypeInfo::with_oid(RECORD)
+            }
+        }
+
+        impl PgHasArrayType for $row {
+            fn array_type_info() -> PgTypeInfo {
+                PgTypeInfo::with_oid(RECORD_ARRAY)
+            }
+        }
+    )*};
+}
+
+anonymous_record!(AgentRow, CallRow, ChannelRow);
 
 /// The version (`context_id`) of each agent in `rows`.
 pub(crate) fn agent_versions(rows: &[AgentRow]) -> Vec<(UserId, i64)> {
     rows.iter()
-        .map(|r| (r.user_id.clone(), r.context_id))
+        .map(|r| (r.user_id().clone(), r.context_id))
         .collect()
-}
-
-/// Decodes a JSON value a query built from table rows.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
-    serde_json::from_value(value)
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("Failed to decode stored rows")))
 }

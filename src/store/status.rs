@@ -5,7 +5,7 @@ use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Call};
 use crate::error::Error;
 
-use super::rows::{AgentRow, CallRow, ChannelRow, decode};
+use super::rows::{AgentRow, CallRow, ChannelRow, agent_columns, call_columns, channel_columns};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -21,19 +21,23 @@ pub struct UserStatus {
 }
 
 /// One statement, so the agent and its call come from one snapshot.
-const POLL: &str = r#"
-WITH a AS (
-    SELECT * FROM agents WHERE instance_id = $1 AND user_id = $2
-), c AS (
-    SELECT calls.* FROM calls JOIN a USING (instance_id, job_id)
-)
-SELECT
-    EXISTS (SELECT 1 FROM instances WHERE instance_id = $1) AS instance_exists,
-    (SELECT to_jsonb(a) FROM a) AS agent,
-    (SELECT to_jsonb(c) FROM c) AS call,
-    (SELECT coalesce(jsonb_agg(to_jsonb(ch) ORDER BY ch.idx), '[]')
-     FROM channels ch JOIN c USING (instance_id, job_id)) AS channels
-"#;
+const POLL: &str = concat!(
+    "WITH a AS MATERIALIZED (
+         SELECT job_id, ROW(",
+    agent_columns!(),
+    ") AS r FROM agents WHERE instance_id = $1 AND user_id = $2
+     )
+     SELECT
+         EXISTS (SELECT 1 FROM instances WHERE instance_id = $1),
+         (SELECT r FROM a),
+         (SELECT ROW(",
+    call_columns!(),
+    ") FROM calls WHERE instance_id = $1 AND job_id = (SELECT job_id FROM a)),
+         ARRAY(SELECT ROW(",
+    channel_columns!(),
+    ") FROM channels WHERE instance_id = $1 AND job_id = (SELECT job_id FROM a)
+               ORDER BY idx)"
+);
 
 pub async fn poll(
     conn: &mut PgConnection,
@@ -42,9 +46,9 @@ pub async fn poll(
 ) -> Result<UserStatus, Error> {
     let (instance_exists, agent, call, channels): (
         bool,
-        Option<serde_json::Value>,
-        Option<serde_json::Value>,
-        serde_json::Value,
+        Option<AgentRow>,
+        Option<CallRow>,
+        Vec<ChannelRow>,
     ) = sqlx::query_as(POLL)
         .bind(instance.as_str())
         .bind(user.as_str())
@@ -52,28 +56,14 @@ pub async fn poll(
         .await
         .map_err(db_error)?;
 
-    let mut context_id = 0;
-    let agent = match agent {
-        Some(row) => {
-            let row: AgentRow = decode(row)?;
-            context_id = row.context_id;
-            Some(row.into_agent())
-        }
-        None => None,
-    };
-    let call = match call {
-        Some(row) => {
-            let row: CallRow = decode(row)?;
-            context_id = context_id.max(row.context_id);
-            let channels: Vec<ChannelRow> = decode(channels)?;
-            Some(row.into_call(channels))
-        }
-        None => None,
-    };
+    let context_id = agent
+        .as_ref()
+        .map_or(0, |a| a.context_id)
+        .max(call.as_ref().map_or(0, |c| c.context_id));
     Ok(UserStatus {
         instance_exists,
-        agent,
-        call,
+        agent: agent.map(AgentRow::into_agent),
+        call: call.map(|c| c.into_call(channels)),
         context_id,
     })
 }
