@@ -1,6 +1,7 @@
 //! WatchEvents: every change once, in order, resumable from any replica;
 //! late commits still arrive; slow watchers catch up; filters and tokens
-//! decide what is seen; shutdown ends streams with a resumable error.
+//! decide what is seen; shutdown and the caller's deadline end streams
+//! with a resumable error.
 
 use std::time::Duration;
 
@@ -592,4 +593,74 @@ async fn a_cursor_older_than_the_kept_events_is_out_of_range(pool: PgPool) {
     // A second run has nothing to do.
     let again = app.direct.maintain_event_log(0).await.unwrap();
     assert!(again.dropped.is_empty() && again.created == 0, "{again:?}");
+}
+
+/// A stream ends at its caller's own deadline (`grpc-timeout`) with
+/// DEADLINE_EXCEEDED, not before it, having sent every change until then;
+/// its last cursor resumes with nothing lost or doubled.
+#[sqlx::test]
+async fn a_stream_ends_at_its_callers_deadline_and_its_cursor_resumes(pool: PgPool) {
+    let app = spawn_app_with(
+        pool.clone(),
+        ServeOptions {
+            token_cache_ttl: Duration::ZERO,
+            watch: WatchOptions {
+                bookmark_every: Duration::from_millis(200),
+                ..WatchOptions::default()
+            },
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let before = *stored_after(&pool, 0).await.last().unwrap();
+
+    let deadline = Duration::from_millis(1500);
+    let mut request = tonic::Request::new(watch("", "", ""));
+    request.set_timeout(deadline);
+    let opened = std::time::Instant::now();
+    let mut stream = app
+        .events
+        .clone()
+        .watch_events(request)
+        .await
+        .expect("WatchEvents opens")
+        .into_inner();
+    app.make_working(&agents[0].0).await;
+
+    let mut got = Vec::new();
+    let mut last_cursor = String::new();
+    let read_to_the_end = async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => {
+                    last_cursor = m.cursor.clone();
+                    if m.action != "Bookmark" {
+                        got.push(m);
+                    }
+                }
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    };
+    // Bookmarks keep coming, so the bound is on the whole stream.
+    let status = tokio::time::timeout(deadline + Duration::from_secs(10), read_to_the_end)
+        .await
+        .expect("the stream ends within 10 s of its deadline");
+    let lasted = opened.elapsed();
+    assert!(lasted >= deadline, "ended {lasted:?} after it opened");
+    assert_error(
+        &status,
+        Code::DeadlineExceeded,
+        "Request.DeadlineExceeded",
+        504,
+    );
+    assert_eq!(ids(&got), stored_after(&pool, before).await);
+
+    let mut resumed = open(&app.events, watch("", "", &last_cursor)).await;
+    let ready = app.ready(&agents[0].0).await.unwrap();
+    let m = next_change(&mut resumed).await;
+    assert_eq!(m.action, "ReadyForService");
+    assert_eq!(m.user_contexts, [ready]);
 }
