@@ -88,21 +88,21 @@ const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The planner's cost of a random page read in our sessions. PostgreSQL's
 /// default (4) prices an index probe as if it went to a spinning disk, so
 /// for the key lookups of a call action (`user_id = ANY (…)` on `agents`)
-/// it picks a sequential scan of every agent whenever the table looks
-/// small or its statistics are stale: EndConference then read every agent
-/// of the database, and its backend CPU grew with them. Our working set
+/// it picks a sequential scan, or a scan of the instance's agents under
+/// the `instance_id` prefix, whenever the table looks small or its
+/// statistics are stale: EndConference then read every agent of the table
+/// or the instance, and its backend CPU grew with them. Our working set
 /// (live calls and their agents) is in memory; 1.1 is the usual value for
 /// that. Measured in `docs/performance.md` ("Planner costs").
 const RANDOM_PAGE_COST: &str = "1.1";
 
 /// A pool on `options` with the service's session settings and limits:
 /// statement and lock timeouts, the idle-in-transaction timeout and the
-/// planner's page costs. No
-/// check when a connection is handed out (sqlx's ping is off): a unit's
-/// connection goes back to the pool only when the unit ran to its end, and
-/// is closed otherwise (`app::unit`), and sqlx pings each connection as it
-/// comes back. Tests build their pools with this too, over their own
-/// databases.
+/// planner's page cost. No check when a connection is handed out (sqlx's
+/// ping is off): a unit's connection goes back to the pool only when the
+/// unit ran to its end, and is closed otherwise (`app::unit`), and sqlx
+/// pings each connection as it comes back. Tests build their pools with
+/// this too, over their own databases.
 pub async fn connect_pool(
     options: PgConnectOptions,
     args: &DatabaseArgs,
