@@ -100,10 +100,10 @@ async fn agent_reads_of_a_start(
 /// The same three-party call in an instance of 3 agents, of 303 and of
 /// 10,003 (statistics fresh each time): loading it for EndConference, and
 /// loading its agents for StartConference or ReadyForService, read no more
-/// agent rows than with 3. Read
-/// through the service's own pool, with its session settings: with
-/// PostgreSQL's default planner costs the middle size (a few pages of
-/// agents) was read whole by a sequential scan (`startup::RANDOM_PAGE_COST`).
+/// agent rows than with 3. Read through the service's own pool, with its
+/// session settings: with PostgreSQL's default planner costs the middle
+/// size (a few pages of agents) was read whole by a sequential scan
+/// (`startup::RANDOM_PAGE_COST`).
 #[sqlx::test]
 async fn loading_a_call_reads_only_its_parties_however_many_agents(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
@@ -117,6 +117,11 @@ async fn loading_a_call_reads_only_its_parties_however_many_agents(pool: PgPool)
         agent_reads_of_a_start(served, INSTANCE, &agents[0].0, &["8002", "8003"]).await;
     let small_ready = agent_reads_of_a_start(served, INSTANCE, &agents[0].0, &[]).await;
 
+    // Tuples, not scans, and at most as many: with three rows PostgreSQL
+    // may well pick sequential scans (each reads all three), with more one
+    // index probe per party.
+    let at_most =
+        |big: (i64, i64, i64), small: (i64, i64, i64)| big.1 <= small.1 && big.2 <= small.2;
     let mut job = small.job_id;
     let mut added = 0;
     for total in [300, 10_000] {
@@ -136,11 +141,6 @@ async fn loading_a_call_reads_only_its_parties_however_many_agents(pool: PgPool)
             agent_reads_of_a_start(served, INSTANCE, &agents[0].0, &["8002", "8003"]).await;
         let big_ready = agent_reads_of_a_start(served, INSTANCE, &agents[0].0, &[]).await;
 
-        // Tuples, not scans, and at most as many: with three rows
-        // PostgreSQL may well pick sequential scans (each reads all three),
-        // with more one index probe per party.
-        let at_most =
-            |big: (i64, i64, i64), small: (i64, i64, i64)| big.1 <= small.1 && big.2 <= small.2;
         assert!(
             at_most(big_reads, small_reads),
             "agent tuples with {} agents vs 3; \
