@@ -28,14 +28,27 @@ impl LoadedAgents {
     }
 }
 
-/// The acting agent and the agents of `extensions`, in one snapshot.
+/// The acting agent and the agents of `extensions`, in one snapshot: one
+/// probe by primary key and one by extension per extension. Each probe is
+/// ordered by its own index's key, so when PostgreSQL cannot tell the two
+/// unique indexes apart (an instance its statistics do not know yet) the
+/// one whose order it needs wins; as one `user_id = … OR extension = ANY
+/// (…)` it scanned the whole instance under the `instance_id` prefix.
 const LOAD: &str = concat!(
     "SELECT
          EXISTS (SELECT 1 FROM instances WHERE instance_id = $1),
          ARRAY(SELECT ROW(",
     agent_columns!(),
-    ") FROM agents
-               WHERE instance_id = $1 AND (user_id = $2 OR extension = ANY ($3))
+    ") FROM (
+                   (SELECT * FROM agents WHERE instance_id = $1 AND user_id = $2
+                    ORDER BY user_id LIMIT 1)
+                   UNION
+                   SELECT found.* FROM unnest($3::text[]) AS wanted (extension)
+                   CROSS JOIN LATERAL (
+                       SELECT * FROM agents
+                       WHERE instance_id = $1 AND extension = wanted.extension
+                       ORDER BY extension LIMIT 1) AS found
+               ) AS a
                ORDER BY user_id)"
 );
 
