@@ -6,7 +6,7 @@ use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::error::Error;
 
 use super::changes::Versions;
-use super::rows::{AgentRow, agent_columns, agent_versions};
+use super::rows::{Versioned, agent_columns, agents_and_versions};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -61,19 +61,20 @@ pub async fn load(
     extensions: &[Extension],
 ) -> Result<LoadedAgents, Error> {
     let extensions: Vec<&str> = extensions.iter().map(Extension::as_str).collect();
-    let (instance_exists, rows): (bool, Vec<AgentRow>) = sqlx::query_as(LOAD)
+    let (instance_exists, rows): (bool, Vec<Versioned<Agent>>) = sqlx::query_as(LOAD)
         .bind(instance.as_str())
         .bind(user.as_str())
         .bind(&extensions)
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
+    let (agents, versions) = agents_and_versions(rows);
     Ok(LoadedAgents {
         instance_exists,
+        agents,
         versions: Versions {
             call: None,
-            agents: agent_versions(&rows),
+            agents: versions,
         },
-        agents: rows.into_iter().map(AgentRow::into_agent).collect(),
     })
 }

@@ -4,12 +4,12 @@
 
 use crate::domain::ids::{InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
-use crate::domain::{Agent, Call};
+use crate::domain::{Agent, Call, Channel};
 use crate::error::Error;
 
 use super::changes::Versions;
 use super::rows::{
-    AgentRow, CallRow, ChannelRow, agent_columns, agent_versions, call_columns, channel_columns,
+    Row, Versioned, agent_columns, agents_and_versions, call_columns, channel_columns,
 };
 use sqlx::PgConnection;
 
@@ -69,6 +69,15 @@ const LOAD: &str = concat!(
                ORDER BY user_id)"
 );
 
+/// What [`LOAD`] returns: whether the instance exists, the call, its
+/// channels and the agents.
+type LoadColumns = (
+    bool,
+    Option<Versioned<Call>>,
+    Vec<Row<Channel>>,
+    Vec<Versioned<Agent>>,
+);
+
 /// Reads call `job` of `instance` with its channels, the agent `actor` (if
 /// given) and every agent with a live channel in the call.
 pub async fn load(
@@ -78,12 +87,7 @@ pub async fn load(
     actor: Option<&UserId>,
 ) -> Result<LoadedCall, Error> {
     let live: Vec<&str> = ChannelState::LIVE.iter().map(|s| s.as_str()).collect();
-    let (instance_exists, call, channels, agents): (
-        bool,
-        Option<CallRow>,
-        Vec<ChannelRow>,
-        Vec<AgentRow>,
-    ) = sqlx::query_as(LOAD)
+    let (instance_exists, call, channels, agents): LoadColumns = sqlx::query_as(LOAD)
         .bind(instance.as_str())
         .bind(job.as_str())
         .bind(actor.map(UserId::as_str))
@@ -92,14 +96,15 @@ pub async fn load(
         .await
         .map_err(db_error)?;
 
-    let call_version = call.as_ref().map(|c| c.context_id);
+    let call_version = call.as_ref().map(|c| c.version);
+    let (agents, agent_versions) = agents_and_versions(agents);
     Ok(LoadedCall {
         instance_exists,
         call: call.map(|c| c.into_call(channels)),
+        agents,
         versions: Versions {
             call: call_version,
-            agents: agent_versions(&agents),
+            agents: agent_versions,
         },
-        agents: agents.into_iter().map(AgentRow::into_agent).collect(),
     })
 }

@@ -5,6 +5,8 @@
 //! them, per column). Records travel in PostgreSQL's binary format: no JSON
 //! built by the server or parsed here.
 
+use std::str::FromStr;
+
 use sqlx::decode::Decode;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::{Oid, PgRecordDecoder};
@@ -14,7 +16,8 @@ use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, Millis, UserId
 use crate::domain::states::{CallType, ChannelState, DeviceState, UserState, WorkMode};
 use crate::domain::{Agent, Call, Channel};
 
-/// The columns of an [`AgentRow`], in its order.
+/// The columns of an [`Agent`] row in [`FromRecord`]'s order, then its
+/// version ([`Versioned`]).
 macro_rules! agent_columns {
     () => {
         "instance_id, user_id, extension, device_id, device_state, work_mode, user_state, \
@@ -22,7 +25,8 @@ macro_rules! agent_columns {
     };
 }
 
-/// The columns of a [`CallRow`], in its order.
+/// The columns of a [`Call`] row in [`FromRecord`]'s order, then its
+/// version ([`Versioned`]).
 macro_rules! call_columns {
     () => {
         "instance_id, job_id, call_type, initiator, tags, timeout_seconds, created_at, \
@@ -30,7 +34,7 @@ macro_rules! call_columns {
     };
 }
 
-/// The columns of a [`ChannelRow`], in its order.
+/// The columns of a [`Channel`] row, in [`FromRecord`]'s order.
 macro_rules! channel_columns {
     () => {
         "channel_id, idx, user_id, user_extension, originator, destination, channel_state, \
@@ -40,86 +44,105 @@ macro_rules! channel_columns {
 
 pub(crate) use {agent_columns, call_columns, channel_columns};
 
+/// A domain value read from the fields of one record, in the order of its
+/// `*_columns!` macro.
+pub(crate) trait FromRecord: Sized {
+    fn read(r: &mut PgRecordDecoder<'_>) -> Result<Self, BoxDynError>;
+}
+
+/// A row without a version of its own (a channel: the call's covers it).
 #[derive(Debug)]
-pub(crate) struct AgentRow {
-    agent: Agent,
-    pub context_id: i64,
-}
+pub(crate) struct Row<T>(pub T);
 
-impl AgentRow {
-    pub fn user_id(&self) -> &UserId {
-        &self.agent.user_id
-    }
-
-    pub fn into_agent(self) -> Agent {
-        self.agent
-    }
-}
-
+/// A row and its version: `context_id`, the last event that changed it,
+/// read after the row's own columns.
 #[derive(Debug)]
-pub(crate) struct CallRow {
-    call: Call,
-    pub context_id: i64,
+pub(crate) struct Versioned<T> {
+    pub row: T,
+    pub version: i64,
 }
 
-impl CallRow {
-    pub fn into_call(mut self, channels: Vec<ChannelRow>) -> Call {
-        self.call.channels = channels.into_iter().map(|c| c.0).collect();
-        self.call
+impl Versioned<Call> {
+    pub fn into_call(mut self, channels: Vec<Row<Channel>>) -> Call {
+        self.row.channels = channels.into_iter().map(|c| c.0).collect();
+        self.row
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct ChannelRow(Channel);
+/// The agents of `rows`, and each one's version by user ID.
+pub(crate) fn agents_and_versions(rows: Vec<Versioned<Agent>>) -> (Vec<Agent>, Vec<(UserId, i64)>) {
+    rows.into_iter()
+        .map(|v| {
+            let version = (v.row.user_id.clone(), v.version);
+            (v.row, version)
+        })
+        .unzip()
+}
 
-impl<'r> Decode<'r, Postgres> for AgentRow {
+impl<'r, T: FromRecord> Decode<'r, Postgres> for Row<T> {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
         let mut r = PgRecordDecoder::new(value)?;
-        let agent = Agent {
-            instance_id: InstanceId::from_trusted(r.try_decode::<String>()?),
-            user_id: UserId::from_trusted(r.try_decode::<String>()?),
-            extension: Extension::from_trusted(r.try_decode::<String>()?),
-            device_id: r.try_decode()?,
-            device_state: r.try_decode::<String>()?.parse::<DeviceState>()?,
-            work_mode: r.try_decode::<String>()?.parse::<WorkMode>()?,
-            user_state: r.try_decode::<String>()?.parse::<UserState>()?,
-            break_code: r.try_decode()?,
-            job_id: r.try_decode::<Option<String>>()?.map(JobId::from_trusted),
-            outbound_scenario: r.try_decode()?,
-            signed_skill_groups: r.try_decode()?,
-        };
+        Ok(Self(T::read(&mut r)?))
+    }
+}
+
+impl<'r, T: FromRecord> Decode<'r, Postgres> for Versioned<T> {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let mut r = PgRecordDecoder::new(value)?;
         Ok(Self {
-            agent,
-            context_id: r.try_decode()?,
+            row: T::read(&mut r)?,
+            version: r.try_decode()?,
         })
     }
 }
 
-impl<'r> Decode<'r, Postgres> for CallRow {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        let mut r = PgRecordDecoder::new(value)?;
-        let call = Call {
+/// The next field, a stored name (`UserState`, `CallType`, …), parsed.
+fn named<E>(r: &mut PgRecordDecoder<'_>) -> Result<E, BoxDynError>
+where
+    E: FromStr,
+    E::Err: std::error::Error + Send + Sync + 'static,
+{
+    Ok(r.try_decode::<String>()?.parse()?)
+}
+
+impl FromRecord for Agent {
+    fn read(r: &mut PgRecordDecoder<'_>) -> Result<Self, BoxDynError> {
+        Ok(Agent {
+            instance_id: InstanceId::from_trusted(r.try_decode::<String>()?),
+            user_id: UserId::from_trusted(r.try_decode::<String>()?),
+            extension: Extension::from_trusted(r.try_decode::<String>()?),
+            device_id: r.try_decode()?,
+            device_state: named::<DeviceState>(r)?,
+            work_mode: named::<WorkMode>(r)?,
+            user_state: named::<UserState>(r)?,
+            break_code: r.try_decode()?,
+            job_id: r.try_decode::<Option<String>>()?.map(JobId::from_trusted),
+            outbound_scenario: r.try_decode()?,
+            signed_skill_groups: r.try_decode()?,
+        })
+    }
+}
+
+impl FromRecord for Call {
+    /// The call's own columns; its channels come in their own records.
+    fn read(r: &mut PgRecordDecoder<'_>) -> Result<Self, BoxDynError> {
+        Ok(Call {
             instance_id: InstanceId::from_trusted(r.try_decode::<String>()?),
             job_id: JobId::from_trusted(r.try_decode::<String>()?),
-            call_type: r.try_decode::<String>()?.parse::<CallType>()?,
+            call_type: named::<CallType>(r)?,
             initiator: UserId::from_trusted(r.try_decode::<String>()?),
             tags: r.try_decode()?,
             timeout_seconds: r.try_decode()?,
             created_at: r.try_decode::<Millis>()?,
             ended_at: r.try_decode::<Option<Millis>>()?,
             channels: Vec::new(),
-        };
-        Ok(Self {
-            call,
-            context_id: r.try_decode()?,
         })
     }
 }
 
-impl<'r> Decode<'r, Postgres> for ChannelRow {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        let mut r = PgRecordDecoder::new(value)?;
-        Ok(Self(Channel {
+impl FromRecord for Channel {
+    fn read(r: &mut PgRecordDecoder<'_>) -> Result<Self, BoxDynError> {
+        Ok(Channel {
             channel_id: ChannelId::from_trusted(r.try_decode::<String>()?),
             index: r.try_decode()?,
             user_id: r.try_decode::<Option<String>>()?.map(UserId::from_trusted),
@@ -128,12 +151,12 @@ impl<'r> Decode<'r, Postgres> for ChannelRow {
                 .map(Extension::from_trusted),
             originator: r.try_decode()?,
             destination: r.try_decode()?,
-            state: r.try_decode::<String>()?.parse::<ChannelState>()?,
-            call_type: r.try_decode::<String>()?.parse::<CallType>()?,
+            state: named::<ChannelState>(r)?,
+            call_type: named::<CallType>(r)?,
             release_initiator: r.try_decode()?,
             release_reason: r.try_decode()?,
             timestamp: r.try_decode::<Millis>()?,
-        }))
+        })
     }
 }
 
@@ -143,14 +166,14 @@ const RECORD: Oid = Oid(2249);
 const RECORD_ARRAY: Oid = Oid(2287);
 
 macro_rules! anonymous_record {
-    ($($row:ty),*) => {$(
-        impl sqlx::Type<Postgres> for $row {
+    ($($row:ident),*) => {$(
+        impl<T> sqlx::Type<Postgres> for $row<T> {
             fn type_info() -> PgTypeInfo {
                 PgTypeInfo::with_oid(RECORD)
             }
         }
 
-        impl PgHasArrayType for $row {
+        impl<T> PgHasArrayType for $row<T> {
             fn array_type_info() -> PgTypeInfo {
                 PgTypeInfo::with_oid(RECORD_ARRAY)
             }
@@ -158,11 +181,4 @@ macro_rules! anonymous_record {
     )*};
 }
 
-anonymous_record!(AgentRow, CallRow, ChannelRow);
-
-/// The version (`context_id`) of each agent in `rows`.
-pub(crate) fn agent_versions(rows: &[AgentRow]) -> Vec<(UserId, i64)> {
-    rows.iter()
-        .map(|r| (r.user_id().clone(), r.context_id))
-        .collect()
-}
+anonymous_record!(Row, Versioned);

@@ -2,10 +2,10 @@
 //! PollUserStatus.
 
 use crate::domain::ids::{InstanceId, UserId};
-use crate::domain::{Agent, Call};
+use crate::domain::{Agent, Call, Channel};
 use crate::error::Error;
 
-use super::rows::{AgentRow, CallRow, ChannelRow, agent_columns, call_columns, channel_columns};
+use super::rows::{Row, Versioned, agent_columns, call_columns, channel_columns};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -39,17 +39,21 @@ const POLL: &str = concat!(
                ORDER BY idx)"
 );
 
+/// What [`POLL`] returns: whether the instance exists, the agent, its call
+/// and the call's channels.
+type PollColumns = (
+    bool,
+    Option<Versioned<Agent>>,
+    Option<Versioned<Call>>,
+    Vec<Row<Channel>>,
+);
+
 pub async fn poll(
     conn: &mut PgConnection,
     instance: &InstanceId,
     user: &UserId,
 ) -> Result<UserStatus, Error> {
-    let (instance_exists, agent, call, channels): (
-        bool,
-        Option<AgentRow>,
-        Option<CallRow>,
-        Vec<ChannelRow>,
-    ) = sqlx::query_as(POLL)
+    let (instance_exists, agent, call, channels): PollColumns = sqlx::query_as(POLL)
         .bind(instance.as_str())
         .bind(user.as_str())
         .fetch_one(&mut *conn)
@@ -58,11 +62,11 @@ pub async fn poll(
 
     let context_id = agent
         .as_ref()
-        .map_or(0, |a| a.context_id)
-        .max(call.as_ref().map_or(0, |c| c.context_id));
+        .map_or(0, |a| a.version)
+        .max(call.as_ref().map_or(0, |c| c.version));
     Ok(UserStatus {
         instance_exists,
-        agent: agent.map(AgentRow::into_agent),
+        agent: agent.map(|a| a.row),
         call: call.map(|c| c.into_call(channels)),
         context_id,
     })

@@ -97,6 +97,22 @@ async fn end_of(stream: &mut Stream) -> Status {
     }
 }
 
+/// A replica whose quiet streams get a bookmark every `every`.
+async fn spawn_with_bookmarks_every(pool: PgPool, every: Duration) -> TestApp {
+    spawn_app_with(
+        pool,
+        ServeOptions {
+            token_cache_ttl: Duration::ZERO,
+            watch: WatchOptions {
+                bookmark_every: every,
+                ..WatchOptions::default()
+            },
+            ..ServeOptions::default()
+        },
+    )
+    .await
+}
+
 fn ids(messages: &[proto::WatchEventsResponse]) -> Vec<i64> {
     messages.iter().map(|m| m.context_id).collect()
 }
@@ -438,18 +454,7 @@ async fn filters_and_tokens_decide_what_is_seen(pool: PgPool) {
 /// cursors move past what it skipped.
 #[sqlx::test]
 async fn bookmarks_move_a_quiet_watchers_cursor(pool: PgPool) {
-    let app = spawn_app_with(
-        pool.clone(),
-        ServeOptions {
-            token_cache_ttl: Duration::ZERO,
-            watch: WatchOptions {
-                bookmark_every: Duration::from_millis(300),
-                ..WatchOptions::default()
-            },
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let app = spawn_with_bookmarks_every(pool.clone(), Duration::from_millis(300)).await;
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let mut of_bob = open(&app.events, watch(&agents[1].0, "", "")).await;
     app.make_working(&agents[0].0).await;
@@ -600,18 +605,7 @@ async fn a_cursor_older_than_the_kept_events_is_out_of_range(pool: PgPool) {
 /// its last cursor resumes with nothing lost or doubled.
 #[sqlx::test]
 async fn a_stream_ends_at_its_callers_deadline_and_its_cursor_resumes(pool: PgPool) {
-    let app = spawn_app_with(
-        pool.clone(),
-        ServeOptions {
-            token_cache_ttl: Duration::ZERO,
-            watch: WatchOptions {
-                bookmark_every: Duration::from_millis(200),
-                ..WatchOptions::default()
-            },
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let app = spawn_with_bookmarks_every(pool.clone(), Duration::from_millis(200)).await;
     let agents = app.ready_agents(&["alice"]).await;
     let before = *stored_after(&pool, 0).await.last().unwrap();
 
