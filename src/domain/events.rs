@@ -2,6 +2,8 @@
 //! sees, and how the call as it was after each change is rebuilt from the
 //! call's events (each event records only the channels it changed).
 
+use std::collections::HashMap;
+
 use super::ids::{InstanceId, JobId, Millis, UserId};
 use super::{Agent, Call, Channel};
 use crate::error::ParamViolation;
@@ -104,6 +106,63 @@ impl Replay {
         }
         channels.sort_by_key(|c| c.index);
         self.call.insert(Call { channels, ..header })
+    }
+
+    /// Whether the call is over: no event of it is expected after this.
+    fn ended(&self) -> bool {
+        self.call.as_ref().is_some_and(|c| c.ended_at.is_some())
+    }
+}
+
+/// The calls a reader of the log is rebuilding, by instance and JobId.
+///
+/// A reader that reads every event of an instance in ContextId order, read
+/// after read with no range of it skipped, can keep its calls between
+/// reads: each is then up to date with every event of it the reader has
+/// passed, and a call it already follows needs no read of its history.
+/// The reader says which instances each read covers ([`Self::keep_instances`]):
+/// an instance left out of one read has a gap, so its calls are forgotten.
+#[derive(Debug, Default)]
+pub struct Replays {
+    calls: HashMap<(String, String), Replay>,
+}
+
+impl Replays {
+    /// Whether call `job` of `instance` is followed, so up to date.
+    pub fn follows(&self, instance: &str, job: &str) -> bool {
+        self.calls
+            .contains_key(&(instance.to_owned(), job.to_owned()))
+    }
+
+    /// The call's replay, started empty if it was not followed.
+    pub fn call(&mut self, instance: &str, job: &str) -> &mut Replay {
+        self.calls
+            .entry((instance.to_owned(), job.to_owned()))
+            .or_default()
+    }
+
+    /// Forgets the calls of every instance the next read does not cover.
+    pub fn keep_instances(&mut self, instances: &[String]) {
+        self.calls
+            .retain(|(instance, _), _| instances.iter().any(|i| i == instance));
+    }
+
+    /// Forgets the calls that are over and, if more than `max` are left,
+    /// every call: a forgotten call costs a read of its history when its
+    /// next event comes, so this only bounds memory.
+    pub fn trim(&mut self, max: usize) {
+        self.calls.retain(|_, replay| !replay.ended());
+        if self.calls.len() > max {
+            self.calls.clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
     }
 }
 
@@ -233,6 +292,41 @@ mod tests {
         assert_eq!(answered.channels.len(), 2, "unchanged channels are kept");
         assert_eq!(answered.channels[1].state, ChannelState::Answered);
         assert_eq!(answered.channels[0].state, ChannelState::Answered);
+    }
+
+    #[test]
+    fn replays_forget_the_calls_of_an_instance_a_read_skips_and_the_calls_that_ended() {
+        let mut replays = Replays::default();
+        let answered = vec![channel("ch-a", 0, Some("alice"), ChannelState::Answered)];
+        replays
+            .call("ccc-a", "job-1")
+            .apply(header(1), answered.clone());
+        replays
+            .call("ccc-a", "job-2")
+            .apply(header(2), answered.clone());
+        replays
+            .call("ccc-b", "job-3")
+            .apply(header(3), answered.clone());
+        assert!(replays.follows("ccc-a", "job-1"));
+        assert!(!replays.follows("ccc-a", "job-3"), "by instance and call");
+
+        // A read without ccc-b: its events in that range go unseen.
+        replays.keep_instances(&["ccc-a".to_owned()]);
+        assert!(!replays.follows("ccc-b", "job-3"));
+        assert_eq!(replays.len(), 2);
+
+        // job-2 ends: nothing more is expected of it.
+        let mut ended = header(2);
+        ended.ended_at = Some(9);
+        replays.call("ccc-a", "job-2").apply(ended, Vec::new());
+        replays.trim(10);
+        assert!(replays.follows("ccc-a", "job-1"));
+        assert!(!replays.follows("ccc-a", "job-2"));
+
+        // Past the bound: all are forgotten (and reread when they move).
+        replays.call("ccc-a", "job-4").apply(header(4), answered);
+        replays.trim(1);
+        assert!(replays.is_empty());
     }
 
     #[test]

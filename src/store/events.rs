@@ -13,12 +13,13 @@
 //! ends, so once every transaction listed has ended, every ID up to the
 //! one read is committed or rolled back for good.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use sqlx::PgConnection;
+use sqlx::types::Json;
 
-use crate::domain::events::{Change, Replay};
+use crate::domain::events::{Change, Replays};
 use crate::domain::ids::{InstanceId, JobId, UserId};
 use crate::domain::{Agent, Call, Channel};
 use crate::error::Error;
@@ -83,10 +84,12 @@ pub async fn probe(conn: &mut PgConnection, final_upto: Option<i64>) -> Result<P
 }
 
 /// The events of `instances` after `after`, up to `upto`, oldest first, at
-/// most `limit` of them.
+/// most `limit` of them. The last column says whether the event created
+/// its call (it records no `before`), so no earlier event of the call
+/// exists to read.
 const PAGE: &str = r#"
 SELECT instance_id, event_id, request_id, action, job_id, after,
-       (extract(epoch FROM created_at) * 1000)::int8
+       (extract(epoch FROM created_at) * 1000)::int8, before IS NULL
 FROM events
 WHERE instance_id = ANY ($1) AND event_id > $2 AND event_id <= $3
 ORDER BY event_id
@@ -117,19 +120,23 @@ type PageRow = (
     String,
     String,
     Option<String>,
-    serde_json::Value,
+    Json<Payload>,
     i64,
+    bool,
 );
 
 /// The changes of `instances` after `after` up to `upto` (which must be
 /// final, see [`probe`]), at most `limit`, each with its call rebuilt as it
-/// was right after it.
+/// was right after it. The calls `replays` follows are rebuilt from there;
+/// the others from their history, read here. `replays` changes only if
+/// the read succeeds, and then it follows every call of the page.
 pub async fn read(
     conn: &mut PgConnection,
     instances: &[String],
     after: i64,
     upto: i64,
     limit: usize,
+    replays: &mut Replays,
 ) -> Result<Page, Error> {
     let rows: Vec<PageRow> = sqlx::query_as(PAGE)
         .bind(instances)
@@ -144,41 +151,36 @@ pub async fn read(
         _ => upto,
     };
 
-    // Each call of the page, once, with the replay that rebuilds it.
-    let mut replays: HashMap<(String, String), Replay> = HashMap::new();
-    for (instance, _, _, _, job, _, _) in &rows {
-        if let Some(job) = job {
-            replays.entry((instance.clone(), job.clone())).or_default();
+    // Each call of the page not yet followed and not created in it, once.
+    let mut met: HashSet<(&str, &str)> = HashSet::new();
+    let mut unknown: HashSet<(&str, &str)> = HashSet::new();
+    for (instance, _, _, _, job, _, _, created) in &rows {
+        if let Some(job) = job
+            && !replays.follows(instance, job)
+            && met.insert((instance, job))
+            && !created
+        {
+            unknown.insert((instance, job));
         }
     }
-    if !replays.is_empty() {
-        let (instances, jobs): (Vec<String>, Vec<String>) = replays.keys().cloned().unzip();
-        let history: Vec<(String, String, serde_json::Value)> = sqlx::query_as(HISTORY)
+    let history: Vec<(String, String, Json<Payload>)> = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        let (instances, jobs): (Vec<&str>, Vec<&str>) = unknown.into_iter().unzip();
+        sqlx::query_as(HISTORY)
             .bind(&instances)
             .bind(&jobs)
             .bind(after)
             .fetch_all(&mut *conn)
             .await
-            .map_err(db_error)?;
-        for (instance, job, after) in history {
-            let payload = Payload::decode(after)?;
-            if let (Some(replay), Some(header)) = (replays.get_mut(&(instance, job)), payload.call)
-            {
-                replay.apply(header, payload.channels);
-            }
-        }
-    }
+            .map_err(db_error)?
+    };
 
+    // Everything that can fail first: `replays` moves with the whole
+    // page, or not at all.
     let mut changes = Vec::with_capacity(rows.len());
-    for (instance, event_id, request_id, action, job, after, at) in rows {
-        let payload = Payload::decode(after)?;
-        let call = match (&job, payload.call) {
-            (Some(job), Some(header)) => {
-                let replay = replays.entry((instance.clone(), job.clone())).or_default();
-                Some(replay.apply(header, payload.channels).clone())
-            }
-            _ => None,
-        };
+    let mut payloads = Vec::with_capacity(rows.len());
+    for (instance, event_id, request_id, action, job, Json(payload), at, _) in rows {
         changes.push(Change {
             context_id: event_id,
             action,
@@ -188,9 +190,24 @@ pub async fn read(
             job_id: job
                 .map(|j| decode_id(JobId::parse("job_id", &j)))
                 .transpose()?,
-            call,
-            agents: payload.agents,
+            call: None,
+            agents: Vec::new(),
         });
+        payloads.push(payload);
+    }
+    for (instance, job, Json(payload)) in history {
+        if let Some(header) = payload.call {
+            replays
+                .call(&instance, &job)
+                .apply(header, payload.channels);
+        }
+    }
+    for (change, payload) in changes.iter_mut().zip(payloads) {
+        if let (Some(job), Some(header)) = (&change.job_id, payload.call) {
+            let replay = replays.call(change.instance_id.as_str(), job.as_str());
+            change.call = Some(replay.apply(header, payload.channels).clone());
+        }
+        change.agents = payload.agents;
     }
     Ok(Page { changes, covered })
 }
@@ -211,13 +228,6 @@ struct Payload {
     channels: Vec<Channel>,
     #[serde(default)]
     agents: Vec<Agent>,
-}
-
-impl Payload {
-    fn decode(after: serde_json::Value) -> Result<Self, Error> {
-        serde_json::from_value(after)
-            .map_err(|e| Error::Internal(anyhow::Error::new(e).context("decoding a stored event")))
-    }
 }
 
 /// Whether the instance, the agent and the call a watch names exist (the

@@ -193,6 +193,69 @@ async fn a_watch_on_one_replica_sees_writes_through_another(pool: PgPool) {
     assert_eq!(m.call_context, started.call_context);
 }
 
+/// The tail keeps the calls it follows from one read to the next. An
+/// instance nobody watched for a while was not read meanwhile: when it is
+/// watched again its calls are rebuilt from the log, not from what the
+/// tail kept, or the answers made meanwhile would be missing.
+#[sqlx::test]
+async fn a_call_that_changed_while_nobody_watched_it_arrives_whole(pool: PgPool) {
+    let app = spawn_with_bookmarks_every(pool, Duration::from_millis(100)).await;
+    // Watched throughout, so the tail goes on reading, without ccc-test
+    // while ccc-test has no watcher.
+    app.create_instance("ccc-other").await;
+    let other_watch = proto::WatchEventsRequest {
+        instance_id: "ccc-other".into(),
+        ..Default::default()
+    };
+    let mut other = open(&app.events, other_watch).await;
+    let agents = app.ready_agents(&["alice", "bob"]).await;
+    let (alice, bob) = (&agents[0].0, &agents[1].1);
+
+    let mut first = open(&app.events, watch("", "", "")).await;
+    let started = app.start(alice, &[bob, CUSTOMER]).await.unwrap();
+    assert_eq!(next_change(&mut first).await.context_id, started.context_id);
+    drop(first);
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while app.direct.watchers() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    gone.await.expect("the first watcher is gone within 10 s");
+
+    let call = started.call_context.unwrap();
+    let conference = Conference {
+        job_id: call.job_id,
+        channels: call.channel_contexts,
+    };
+    let job = &conference.job_id;
+    let mut answered = 0;
+    for p in [bob.as_str(), CUSTOMER] {
+        answered = app
+            .report(job, &conference.channel_to(p), ChannelState::Answered)
+            .await
+            .unwrap()
+            .context_id;
+    }
+    // The tail has read past the answers (without ccc-test).
+    loop {
+        let m = next(&mut other).await;
+        if Cursor::parse("Cursor", &m.cursor).unwrap().0 >= answered {
+            break;
+        }
+    }
+
+    let mut second = open(&app.events, watch("", "", "")).await;
+    let ended = app.end(alice, job).await.unwrap();
+    let m = next_change(&mut second).await;
+    assert_eq!(m.context_id, ended.context_id);
+    assert_eq!(m.call_context, ended.call_context, "the answers are in it");
+    let call = m.call_context.unwrap();
+    assert_eq!(
+        state_of(&call.channel_contexts, CUSTOMER),
+        ChannelState::Answered
+    );
+}
+
 /// A transaction that drew an event ID and has not committed holds back
 /// every later change; when it commits it arrives, in its place.
 #[sqlx::test]

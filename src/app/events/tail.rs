@@ -14,6 +14,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::events::Replays;
 use crate::error::Error;
 use crate::store::events::{self, Probe};
 
@@ -26,6 +27,13 @@ pub(super) const PAGE: usize = 256;
 const BACKLOG: usize = 64;
 /// Most pages the tail reads in one tick before it probes again.
 const PAGES_PER_TICK: usize = 8;
+/// Most event IDs one read spans, whatever its plan: a tail far behind
+/// (after a stall) moves on a bounded range at a time.
+const SPAN: i64 = 16 * PAGE as i64;
+/// Most calls the tail keeps rebuilt between reads (`Replays`), besides
+/// those that ended; past it, it forgets them all and rereads their
+/// history as their next events come.
+const FOLLOWED_CALLS: usize = 10_000;
 
 /// New changes of the instances watched here, from `after` (exclusive) to
 /// `upto` (inclusive): every change of the instances in `instances` in
@@ -85,6 +93,11 @@ impl Tail {
         query_timeout: Duration,
         stop: CancellationToken,
     ) -> Self {
+        // The tail's statements run many times a second with parameters of
+        // the same shape; a plan made afresh for each (PostgreSQL's choice
+        // for the page read over the day partitions) cost more than running
+        // it. Their generic plans read by index (docs/performance.md).
+        let options = options.options([("plan_cache_mode", "force_generic_plan")]);
         Self {
             inner: Arc::new(Inner {
                 options,
@@ -198,6 +211,8 @@ struct State {
     final_upto: Option<i64>,
     /// Batches have been broadcast up to here.
     read_upto: i64,
+    /// The calls of the watched instances, as of `read_upto`.
+    replays: Replays,
 }
 
 impl State {
@@ -275,11 +290,21 @@ async fn tick(
         if instances.is_empty() {
             break;
         }
+        state.replays.keep_instances(&instances);
+        let upto = final_upto.min(state.read_upto.saturating_add(SPAN));
         let page = within(
             bound,
-            events::read(c, &instances, state.read_upto, final_upto, PAGE),
+            events::read(
+                c,
+                &instances,
+                state.read_upto,
+                upto,
+                PAGE,
+                &mut state.replays,
+            ),
         )
         .await?;
+        state.replays.trim(FOLLOWED_CALLS);
         let batch = Batch {
             after: state.read_upto,
             upto: page.covered,

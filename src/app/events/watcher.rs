@@ -17,7 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::app::App;
 use crate::app::unit::Lane;
-use crate::domain::events::{Cursor, Filter};
+use crate::domain::events::{Cursor, Filter, Replays};
 use crate::domain::ids::InstanceId;
 use crate::error::Error;
 use crate::store::events;
@@ -181,7 +181,11 @@ impl Watcher {
             .statement("WatchEvents", Lane::Read, deadline, move |conn| {
                 let instances = instances.clone();
                 Box::pin(async move {
-                    let page = events::read(conn, &instances, after, horizon, PAGE).await?;
+                    // A page at a time, each on its own: what the watcher holds
+                    // stays bounded by a page.
+                    let mut replays = Replays::default();
+                    let page =
+                        events::read(conn, &instances, after, horizon, PAGE, &mut replays).await?;
                     // After the read: a day dropped during it raised the
                     // floor before its rows went.
                     let floor = events::removed_through(conn, &instances[0]).await?;
