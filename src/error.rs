@@ -140,6 +140,13 @@ pub enum Error {
     #[error("The request is larger than the limit of {limit} bytes.")]
     TooLarge { limit: usize },
 
+    /// The request is compressed (`grpc-encoding`) with an encoding this
+    /// service does not accept; it accepts only uncompressed requests.
+    #[error(
+        "The request is compressed with {0}, which this service does not accept; send it uncompressed."
+    )]
+    UnsupportedEncoding(String),
+
     /// The caller's deadline (or the server's default one) passed before an
     /// answer was ready. Work that had started may still have committed.
     #[error("The request did not finish before its deadline.")]
@@ -210,6 +217,7 @@ impl Error {
             Self::DuplicatedExtension { .. } => "Duplicated.Extension",
             Self::Malformed(_) => "Request.Malformed",
             Self::TooLarge { .. } => "Request.TooLarge",
+            Self::UnsupportedEncoding(_) => "Request.UnsupportedEncoding",
             Self::DeadlineExceeded => "Request.DeadlineExceeded",
             Self::Throttled => "Throttling",
             Self::IdempotentParameterMismatch => "IdempotentParameterMismatch",
@@ -231,6 +239,7 @@ impl Error {
             | Self::Malformed(_)
             | Self::IdempotentParameterMismatch => 400,
             Self::TooLarge { .. } => 413,
+            Self::UnsupportedEncoding(_) => 415,
             Self::CursorExpired => 410,
             Self::DeadlineExceeded => 504,
             Self::Throttled => 503,

@@ -102,7 +102,9 @@ impl<U: Message + Default> Decoder for ProtoDecoder<U> {
 /// to one of our services, can only come from tonic's request reading:
 /// OUT_OF_RANGE is the size limit, INTERNAL a frame cut short, a missing
 /// message or a bad compression flag. Anything else (UNIMPLEMENTED for an
-/// unknown method or encoding) passes as it is.
+/// unknown method) passes as it is. A compressed request (`grpc-encoding`
+/// other than `identity`) is refused before tonic sees it, as
+/// `Request.UnsupportedEncoding`.
 #[derive(Debug, Clone)]
 pub struct DecodeGuard<S> {
     inner: S,
@@ -133,6 +135,17 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if let Some(encoding) = unsupported_encoding(request.headers()) {
+            // tonic would answer UNIMPLEMENTED without ErrorInfo; the same
+            // code, ours, and (as gRPC asks) what we accept.
+            let e = Error::UnsupportedEncoding(encoding);
+            let mut response = to_status(&e, &new_request_id()).into_http();
+            response.headers_mut().insert(
+                "grpc-accept-encoding",
+                http::HeaderValue::from_static("identity"),
+            );
+            return Box::pin(async move { Ok(response) });
+        }
         let message = request_type(request.uri().path());
         let limit = self.limit;
         let answer = self.inner.call(request);
@@ -158,6 +171,26 @@ where
             Ok(to_status(&ours, &new_request_id()).into_http())
         })
     }
+}
+
+/// The request's `grpc-encoding` if it is one this service does not
+/// accept (anything but `identity`), shortened and made printable for the
+/// message that names it.
+fn unsupported_encoding(headers: &http::HeaderMap) -> Option<String> {
+    let raw = headers.get("grpc-encoding")?.as_bytes();
+    if raw == b"identity" {
+        return None;
+    }
+    let shown: String = raw
+        .iter()
+        .take(32)
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+        .collect();
+    Some(if shown.is_empty() {
+        "''".to_owned()
+    } else {
+        shown
+    })
 }
 
 /// The request message type of a method path, for `Request.Malformed`

@@ -16,6 +16,7 @@ pub fn grpc_code(e: &Error) -> Code {
     match e {
         Error::Parameters(_) | Error::Malformed(_) => Code::InvalidArgument,
         Error::TooLarge { .. } => Code::ResourceExhausted,
+        Error::UnsupportedEncoding(_) => Code::Unimplemented,
         Error::CursorExpired => Code::OutOfRange,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
         Error::IdempotentParameterMismatch => Code::FailedPrecondition,

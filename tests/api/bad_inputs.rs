@@ -883,19 +883,97 @@ async fn undecodable_requests_are_malformed_on_every_rpc(pool: PgPool) {
 /// Sends `body` as it is as the HTTP/2 body of a gRPC call to `path`, and
 /// returns the status of the (trailers-only) answer.
 async fn send_body(app: &TestApp, path: &str, token: &str, body: &[u8]) -> Status {
+    let (status, _) = send_body_with(app, path, token, body, &[]).await;
+    status.expect("a trailers-only answer")
+}
+
+/// [`send_body`] with `extra` request headers: the status of a
+/// trailers-only answer (`None` for an answer with a message), and the
+/// answer's headers.
+async fn send_body_with(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> (Option<Status>, http::HeaderMap) {
     let mut channel = app.channel.clone();
     let body = String::from_utf8(body.to_vec()).expect("test bodies are ASCII");
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .header("authorization", format!("Bearer {token}"))
-        .body(tonic::body::Body::new(body))
-        .unwrap();
+        .header("authorization", format!("Bearer {token}"));
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(tonic::body::Body::new(body)).unwrap();
     poll_fn(|cx| channel.poll_ready(cx)).await.unwrap();
     let response = channel.call(request).await.unwrap();
-    Status::from_header_map(response.headers()).expect("a trailers-only answer")
+    let status = Status::from_header_map(response.headers());
+    (status, response.headers().clone())
+}
+
+/// A compressed request (we accept none) is UNIMPLEMENTED, as gRPC asks,
+/// with our ErrorInfo and the encodings we do accept, on every method; it
+/// changes nothing. `identity` is no compression, and goes through.
+#[sqlx::test]
+async fn compressed_requests_are_refused_with_the_encodings_we_accept(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    arrange(&app).await;
+    let token = create_token(&app.direct, None, Role::Admin, None, None).await;
+    let before = snapshot(&app).await;
+    // A compressed frame; what it holds does not matter, it is never read.
+    let frame: &[u8] = &[1, 0, 0, 0, 2, b'x', b'y'];
+
+    for (path, _) in METHODS {
+        for encoding in ["gzip", "deflate", "snappy"] {
+            let (status, headers) =
+                send_body_with(&app, path, &token, frame, &[("grpc-encoding", encoding)]).await;
+            let status = status.expect("a trailers-only answer");
+
+            assert_error(
+                &status,
+                Code::Unimplemented,
+                "Request.UnsupportedEncoding",
+                415,
+            );
+            assert_eq!(
+                status.message(),
+                format!(
+                    "The request is compressed with {encoding}, which this service does not accept; send it uncompressed."
+                ),
+                "{path}"
+            );
+            assert_eq!(
+                headers.get("grpc-accept-encoding").map(|v| v.as_bytes()),
+                Some(&b"identity"[..]),
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(snapshot(&app).await, before);
+
+    let plain = proto::PollUserStatusRequest {
+        instance_id: INSTANCE.into(),
+        user_id: format!("alice@{INSTANCE}"),
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    body.extend_from_slice(&plain);
+    let ascii: Vec<u8> = body.iter().map(|b| b & 0x7f).collect();
+    assert_eq!(ascii, body, "the test's body must be ASCII for send_body");
+    let (status, _) = send_body_with(
+        &app,
+        METHODS[2].0,
+        &token,
+        &body,
+        &[("grpc-encoding", "identity")],
+    )
+    .await;
+    assert!(status.is_none(), "answered with a message: {status:?}");
 }
 
 /// gRPC frames that tonic itself rejects before any message is decoded (a
