@@ -124,41 +124,54 @@ impl Replay {
 /// an instance left out of one read has a gap, so its calls are forgotten.
 #[derive(Debug, Default)]
 pub struct Replays {
-    calls: HashMap<(String, String), Replay>,
+    /// By instance, then by JobId: looked up by `&str` without building a
+    /// key, and an instance's calls forgotten at once.
+    calls: HashMap<String, HashMap<String, Replay>>,
 }
 
 impl Replays {
     /// Whether call `job` of `instance` is followed, so up to date.
     pub fn follows(&self, instance: &str, job: &str) -> bool {
         self.calls
-            .contains_key(&(instance.to_owned(), job.to_owned()))
+            .get(instance)
+            .is_some_and(|calls| calls.contains_key(job))
     }
 
     /// The call's replay, started empty if it was not followed.
     pub fn call(&mut self, instance: &str, job: &str) -> &mut Replay {
+        if !self.follows(instance, job) {
+            self.calls
+                .entry(instance.to_owned())
+                .or_default()
+                .insert(job.to_owned(), Replay::default());
+        }
         self.calls
-            .entry((instance.to_owned(), job.to_owned()))
-            .or_default()
+            .get_mut(instance)
+            .and_then(|calls| calls.get_mut(job))
+            .expect("inserted above")
     }
 
     /// Forgets the calls of every instance the next read does not cover.
     pub fn keep_instances(&mut self, instances: &[String]) {
         self.calls
-            .retain(|(instance, _), _| instances.iter().any(|i| i == instance));
+            .retain(|instance, _| instances.contains(instance));
     }
 
     /// Forgets the calls that are over and, if more than `max` are left,
     /// every call: a forgotten call costs a read of its history when its
     /// next event comes, so this only bounds memory.
     pub fn trim(&mut self, max: usize) {
-        self.calls.retain(|_, replay| !replay.ended());
-        if self.calls.len() > max {
+        for calls in self.calls.values_mut() {
+            calls.retain(|_, replay| !replay.ended());
+        }
+        self.calls.retain(|_, calls| !calls.is_empty());
+        if self.len() > max {
             self.calls.clear();
         }
     }
 
     pub fn len(&self) -> usize {
-        self.calls.len()
+        self.calls.values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
