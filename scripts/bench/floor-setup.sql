@@ -53,8 +53,8 @@ BEGIN
 
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
     VALUES (p_instance, 'floor', 'EndConference', p_user, p_job, ARRAY[p_user],
-            jsonb_build_object('channel_state', 'ANSWERED', 'user_state', 'TALKING'),
-            jsonb_build_object('channel_state', 'RELEASED', 'user_state', 'WORKING',
+            json_build_object('channel_state', 'ANSWERED', 'user_state', 'TALKING'),
+            json_build_object('channel_state', 'RELEASED', 'user_state', 'WORKING',
                                'changed_at', now_ms))
     RETURNING event_id INTO ev;
 
@@ -87,7 +87,7 @@ BEGIN
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
     VALUES (p_instance, 'floor', 'StartConference', p_initiator, job,
             ARRAY[p_initiator, p_invited], NULL,
-            jsonb_build_object('job_id', job, 'initiator', p_initiator, 'invited', p_invited,
+            json_build_object('job_id', job, 'initiator', p_initiator, 'invited', p_invited,
                                'created_at', now_ms))
     RETURNING event_id INTO ev;
 
@@ -139,8 +139,8 @@ BEGIN
 
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
     VALUES (p_instance, 'floor', 'ReportChannelEvent', 'telephony', p_job, ARRAY[agent],
-            jsonb_build_object('channel_state', 'RINGING', 'user_state', 'RINGING'),
-            jsonb_build_object('channel_state', 'ANSWERED', 'user_state', 'TALKING',
+            json_build_object('channel_state', 'RINGING', 'user_state', 'RINGING'),
+            json_build_object('channel_state', 'ANSWERED', 'user_state', 'TALKING',
                                'changed_at', now_ms))
     RETURNING event_id INTO ev;
 

@@ -84,17 +84,17 @@ BEGIN
                format('a%s@scale-%s', n % agents + 1, lpad((n / per + 1)::text, 6, '0')),
                'job-' || (1700000000000000000 + n),
                ARRAY[format('a%s@scale-%s', n % agents + 1, lpad((n / per + 1)::text, 6, '0'))],
-               CASE WHEN e.step = 1 THEN NULL ELSE jsonb_build_object('channels', jsonb_build_array()) END,
-               jsonb_build_object(
-                   'call', jsonb_build_object(
+               CASE WHEN e.step = 1 THEN NULL ELSE json_build_object('channels', json_build_array()) END,
+               json_build_object(
+                   'call', json_build_object(
                        'instance_id', format('scale-%s', lpad((n / per + 1)::text, 6, '0')),
                        'job_id', 'job-' || (1700000000000000000 + n),
                        'call_type', 'CONFERENCE',
                        'initiator', format('a%s@scale-%s', n % agents + 1, lpad((n / per + 1)::text, 6, '0')),
                        'tags', '', 'timeout_seconds', 30,
                        'created_at', base_ms + n, 'ended_at', NULL),
-                   'channels', jsonb_build_array(),
-                   'agents', jsonb_build_array())
+                   'channels', json_build_array(),
+                   'agents', json_build_array())
         FROM generate_series(first, last) AS n,
              LATERAL (VALUES (1, 'StartConference'), (2, 'ReportChannelEvent'),
                              (3, 'ReportChannelEvent'), (4, 'EndConference')) AS e (step, action)

@@ -8,7 +8,8 @@ address=
 
 # start_server URL [SERVE ARGS...]: `serve` on a free port over the
 # database URL (drain 0, JSON logs to $work/server.log); sets server_pid
-# and address once it says where it listens (60 s at most).
+# and address once it says where it serves gRPC (60 s at most; --metrics-listen
+# logs an address of its own first).
 start_server() {
     local url=$1
     shift
@@ -17,7 +18,8 @@ start_server() {
     server_pid=$!
     address=
     for _ in $(seq 600); do
-        address=$(grep -o '"address":"[^"]*"' "$work/server.log" | head -1 | cut -d'"' -f4 || true)
+        address=$(grep '"message":"serving gRPC"' "$work/server.log" | grep -o '"address":"[^"]*"' |
+            head -1 | cut -d'"' -f4 || true)
         [[ -n $address ]] && return
         kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; die "the service did not start"; }
         sleep 0.1

@@ -359,8 +359,8 @@ pub(crate) use ok_response;
 /// A free-text parameter: at most `max` characters (not bytes: the limits
 /// are documented in characters, and a name in Chinese is three bytes a
 /// character), and no control characters but tab, line feed and carriage
-/// return. PostgreSQL refuses NUL in `text` and `jsonb` (so it would fail
-/// the whole action as INTERNAL), and the other control characters garble
+/// return. PostgreSQL refuses NUL in `text` (so it would fail the whole
+/// action as INTERNAL), and the other control characters garble
 /// logs and terminals; tab and line breaks are ordinary in descriptions.
 pub(crate) fn text(field: &'static str, raw: &str, max: usize) -> Result<String, ParamViolation> {
     if raw.chars().nth(max).is_some() {

@@ -4,12 +4,15 @@
 //! was made on are as they were read ([`Versions`]).
 
 use serde_json::Value;
+use sqlx::encode::{Encode, IsNull};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo};
+use sqlx::{PgConnection, Postgres, Type};
 
 use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Changes, Channel};
 use crate::error::Error;
-
-use sqlx::PgConnection;
 
 use super::{db_error, unique_violation};
 
@@ -26,6 +29,28 @@ pub struct Event<'a> {
     pub before: Option<Value>,
     /// What changed, as it is now.
     pub after: Value,
+}
+
+/// An event's `before` or `after` as a parameter of PostgreSQL's `json`
+/// type: the text serde writes, which the server checks and stores as it
+/// is. (`serde_json::Value` binds as `jsonb`, which the server would parse
+/// into its binary form, or convert back into `json` text at more cost.)
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JsonText<'a>(pub &'a Value);
+
+impl Type<Postgres> for JsonText<'_> {
+    fn type_info() -> PgTypeInfo {
+        // json's OID is fixed (pg_type.dat), so no lookup by name.
+        PgTypeInfo::with_oid(Oid(114))
+    }
+}
+
+impl Encode<'_, Postgres> for JsonText<'_> {
+    /// `json`'s binary form is its text.
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        serde_json::to_writer(&mut **buf, self.0)?;
+        Ok(IsNull::No)
+    }
 }
 
 /// The versions (`context_id`, the last event that changed them) of the
@@ -154,8 +179,8 @@ pub async fn apply(
         .bind(event.actor)
         .bind(call.map(|c| c.job_id.as_str()))
         .bind(&user_ids)
-        .bind(&event.before)
-        .bind(&event.after)
+        .bind(event.before.as_ref().map(JsonText))
+        .bind(JsonText(&event.after))
         .bind(call_mode)
         .bind(call.map(|c| c.call_type.as_str()))
         .bind(call.map(|c| c.initiator.as_str()))
