@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use crate::domain::access::{self, AccessToken, Caller, Role, TokenGrant};
 use crate::domain::ids::{InstanceId, UserId};
 use crate::error::Error;
-use crate::store::changes::Event;
+use crate::store::changes::{Event, JsonText};
 use crate::store::provisioning;
 use crate::store::tokens::{self, TokenRecord};
 
@@ -235,7 +235,7 @@ async fn try_create_access_token(
         action: "CreateAccessToken",
         actor: &ctx.actor,
         before: None,
-        after: token_json(&record),
+        after: JsonText::of(&token_json(&record))?,
     };
     let (instance_exists, user_exists) =
         tokens::insert(conn, &record, &token.hash(), &event).await?;
@@ -266,7 +266,7 @@ async fn try_revoke_access_token(
         action: "RevokeAccessToken",
         actor: &ctx.actor,
         before: None,
-        after: json!({ "token_id": token_id }),
+        after: JsonText::of(&json!({ "token_id": token_id }))?,
     };
     tokens::revoke(conn, instance, token_id, now(), &event)
         .await?

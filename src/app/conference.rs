@@ -138,7 +138,7 @@ async fn try_start_conference(
         tags: cmd.tags.clone(),
     };
     let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
-    let event = change_event(ctx, "StartConference", None, &changes);
+    let event = change_event(ctx, "StartConference", None, &changes)?;
     let context_id =
         changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let agent = changes.agent_after(initiator).clone();
@@ -180,7 +180,7 @@ async fn try_end_conference(
             agents: &loaded.agents,
         }),
         &changes,
-    );
+    )?;
     let context_id =
         changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let agent = changes.agent_after(leaver).clone();
@@ -228,7 +228,7 @@ async fn try_report_channel_event(
             agents: &loaded.agents,
         }),
         &changes,
-    );
+    )?;
     let context_id =
         changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let call = changes.call.expect("a channel event changes the call");

@@ -16,7 +16,7 @@ mod unit;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 pub use access::{CreateAccessToken, CreatedToken, TokenCache};
 pub use conference::{EndConference, ReportChannelEvent, ReportedCall, StartConference};
@@ -26,10 +26,10 @@ pub use status::{PollUserStatus, ReadyForService};
 pub use unit::{BoxFuture, Done, Idempotent, Limits};
 
 use crate::domain::ids::{InstanceId, JobId, Millis, UserId};
-use crate::domain::{Agent, Call, Changes};
+use crate::domain::{Agent, Call, Changes, Channel};
 use crate::error::Error;
 use crate::store::Store;
-use crate::store::changes::Event;
+use crate::store::changes::{Event, JsonText};
 
 /// The actions, over a store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -159,41 +159,97 @@ fn change_event<'a>(
     action: &'static str,
     before: Option<Before<'_>>,
     changes: &Changes,
-) -> Event<'a> {
-    let before = before.map(|b| {
-        let channels: Vec<_> = match b.call {
-            Some(call) => changes
-                .channels
+) -> Result<Event<'a>, Error> {
+    let before = before
+        .map(|b| {
+            let channels: Vec<_> = match b.call {
+                Some(call) => changes
+                    .channels
+                    .iter()
+                    .map(|&p| &call.channels[p])
+                    .collect(),
+                None => Vec::new(),
+            };
+            let agents: Vec<_> = b
+                .agents
                 .iter()
-                .map(|&p| &call.channels[p])
-                .collect(),
-            None => Vec::new(),
-        };
-        let agents: Vec<_> = b
-            .agents
-            .iter()
-            .filter(|a| changes.agents.iter().any(|c| c.user_id == a.user_id))
-            .collect();
-        snapshot(b.call, &channels, &agents)
-    });
+                .filter(|a| changes.agents.iter().any(|c| c.user_id == a.user_id))
+                .collect();
+            JsonText::of(&Snapshot {
+                call: b.call,
+                channels: &channels,
+                agents: &agents,
+            })
+        })
+        .transpose()?;
     let channels: Vec<_> = changes.changed_channels().collect();
     let agents: Vec<_> = changes.agents.iter().collect();
-    Event {
+    Ok(Event {
         request_id: &ctx.request_id,
         action,
         actor: &ctx.actor,
         before,
-        after: snapshot(changes.call.as_ref(), &channels, &agents),
-    }
+        after: JsonText::of(&Snapshot {
+            call: changes.call.as_ref(),
+            channels: &channels,
+            agents: &agents,
+        })?,
+    })
 }
 
-fn snapshot(call: Option<&Call>, channels: &[&crate::domain::Channel], agents: &[&Agent]) -> Value {
-    let header = call.map(|c| {
-        let mut v = json!(c);
-        if let Some(o) = v.as_object_mut() {
-            o.remove("channels");
-        }
-        v
-    });
-    json!({ "call": header, "channels": channels, "agents": agents })
+/// What a call action's event records (read back by `store::events`):
+/// the call's header (a `Call` serializes without its channels) and only
+/// the channels and agents that changed.
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    call: Option<&'a Call>,
+    channels: &'a [&'a Channel],
+    agents: &'a [&'a Agent],
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::domain::call::tests::conference;
+    use crate::domain::states::ChannelState::{Answered, Released};
+
+    fn parse(text: &JsonText) -> Value {
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
+    /// The tail rebuilds a call from its header and the channels each
+    /// event changed, so an event must carry exactly those.
+    #[test]
+    fn an_event_records_the_header_and_only_the_changed_channels() {
+        let before = conference(&[(Answered, true), (Answered, true), (Answered, false)]);
+        let mut after = before.clone();
+        after.channels[1].state = Released;
+        let changes = Changes {
+            call: Some(after.clone()),
+            call_created: false,
+            channels: vec![1],
+            agents: Vec::new(),
+        };
+        let ctx = RequestContext::local("r-1", "a2@i");
+        let found = Before {
+            call: Some(&before),
+            agents: &[],
+        };
+
+        let event = change_event(&ctx, "EndConference", Some(found), &changes).unwrap();
+
+        let mut header = serde_json::to_value(&after).unwrap();
+        header.as_object_mut().unwrap().remove("channels");
+        assert_eq!(
+            parse(&event.after),
+            json!({ "call": header, "channels": [after.channels[1]], "agents": [] })
+        );
+        assert_eq!(
+            parse(event.before.as_ref().unwrap())["channels"],
+            json!([before.channels[1]])
+        );
+        assert!(parse(&event.after)["call"].get("channels").is_none());
+    }
 }

@@ -7,7 +7,7 @@ use crate::domain::agent::Agent;
 use crate::domain::ids::{Extension, InstanceId, LoginName, PhoneNumber, UserId};
 use crate::domain::states::WorkMode;
 use crate::error::Error;
-use crate::store::changes::Event;
+use crate::store::changes::{Event, JsonText};
 use crate::store::provisioning::{self, Instance, Profile};
 
 use super::unit::Atomicity;
@@ -97,7 +97,7 @@ async fn try_create_instance(
         action: "CreateInstance",
         actor: &ctx.actor,
         before: None,
-        after: json!({ "instance": instance }),
+        after: JsonText::of(&json!({ "instance": instance }))?,
     };
     provisioning::create_instance(conn, &instance, &event).await?;
     Ok(instance)
@@ -130,11 +130,11 @@ async fn try_create_user(
         action: "CreateUser",
         actor: &ctx.actor,
         before: None,
-        after: json!({
+        after: JsonText::of(&json!({
             "agents": [agent],
             "login_name": profile.login_name,
             "display_name": profile.display_name,
-        }),
+        }))?,
     };
     provisioning::insert_agent(conn, &agent, &profile, &event).await?;
     Ok(CreatedUser { agent, profile })

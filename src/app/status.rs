@@ -100,7 +100,7 @@ async fn try_ready_for_service(
         call: None,
         agents: std::slice::from_ref(agent),
     };
-    let event = change_event(ctx, "ReadyForService", Some(before), &changes);
+    let event = change_event(ctx, "ReadyForService", Some(before), &changes)?;
     let context_id =
         changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
     let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");

@@ -56,8 +56,9 @@ pub struct Call {
     pub created_at: Millis,
     /// When the last party left; `None` while the call is up.
     pub ended_at: Option<Millis>,
-    /// Events record the call's header without its channels.
-    #[serde(default)]
+    /// Events record the call's header without its channels: each event
+    /// holds only the channels it changed.
+    #[serde(default, skip_serializing)]
     pub channels: Vec<Channel>,
 }
 

@@ -3,7 +3,7 @@
 //! all in one statement, guarded: it writes only if the rows the decision
 //! was made on are as they were read ([`Versions`]).
 
-use serde_json::Value;
+use serde::Serialize;
 use sqlx::encode::{Encode, IsNull};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -26,29 +26,43 @@ pub struct Event<'a> {
     /// Who asked: the acting agent, or the calling service.
     pub actor: &'a str,
     /// What changed, as it was; `None` for a creation.
-    pub before: Option<Value>,
+    pub before: Option<JsonText>,
     /// What changed, as it is now.
-    pub after: Value,
+    pub after: JsonText,
 }
 
-/// An event's `before` or `after` as a parameter of PostgreSQL's `json`
-/// type: the text serde writes, which the server checks and stores as it
-/// is. (`serde_json::Value` binds as `jsonb`, which the server would parse
-/// into its binary form, or convert back into `json` text at more cost.)
-#[derive(Debug, Clone, Copy)]
-pub(super) struct JsonText<'a>(pub &'a Value);
+/// An event's `before` or `after`: JSON text, serialized once from the
+/// caller's own types and bound as PostgreSQL's `json`, which the server
+/// checks and stores as it is. A `serde_json::Value` would be built first
+/// (an allocation per field) and bind as `jsonb`, which the server parses
+/// into its binary form and the tail turns back into text at more cost;
+/// this type leaves no way to bind a payload like that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(String);
 
-impl Type<Postgres> for JsonText<'_> {
+impl JsonText {
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
+        serde_json::to_string(value).map(Self).map_err(|e| {
+            Error::Internal(anyhow::anyhow!("an event payload did not serialize: {e}"))
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type<Postgres> for JsonText {
     fn type_info() -> PgTypeInfo {
         // json's OID is fixed (pg_type.dat), so no lookup by name.
         PgTypeInfo::with_oid(Oid(114))
     }
 }
 
-impl Encode<'_, Postgres> for JsonText<'_> {
+impl Encode<'_, Postgres> for JsonText {
     /// `json`'s binary form is its text.
     fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        serde_json::to_writer(&mut **buf, self.0)?;
+        buf.extend_from_slice(self.0.as_bytes());
         Ok(IsNull::No)
     }
 }
@@ -72,12 +86,16 @@ impl Versions {
     }
 }
 
-/// One statement for every kind of change. `$9` says what happens to the
-/// call: 'insert', 'update' or 'none'.
+/// One statement for each kind of change: it inserts the call
+/// ([`APPLY_NEW_CALL`]), updates it ([`APPLY_CALL`]) or has none
+/// ([`APPLY_NO_CALL`]). They differ only in `call_rows` (and `chan`, which
+/// a change without a call cannot have): PostgreSQL sets up every
+/// data-modifying part of a statement on each execution, used or not, so
+/// each statement holds only the parts its kind of change can use.
 ///
 /// First the guard: `gc` and `ga` lock the call and the agents the decision
 /// read (call first, agents by user ID, as everywhere), and `ok` says
-/// whether they are still the versions read (`$32`, `$33`/`$34`). A lock
+/// whether they are still the versions read (`$31`, `$32`/`$33`). A lock
 /// wait ends with the newest versions, so a concurrent change makes `ok`
 /// false, nothing is written, and no row comes back: the caller reads and
 /// decides again. Every write hangs off `ev`, which exists only if `ok`.
@@ -86,66 +104,96 @@ impl Versions {
 /// (`context_id`), which is how ContextId reaches calls and agents without
 /// another round trip. Each part reports how many rows it wrote, so a
 /// mismatch with the decision is caught.
-const APPLY: &str = r#"
+macro_rules! apply {
+    ($call_rows:expr, $chan:expr) => {
+        concat!(
+            r#"
 WITH gc AS MATERIALIZED (
     SELECT context_id FROM calls
-    WHERE $32::int8 IS NOT NULL AND instance_id = $1 AND job_id = $5
+    WHERE $31::int8 IS NOT NULL AND instance_id = $1 AND job_id = $5
     FOR NO KEY UPDATE
 ), ga AS MATERIALIZED (
     SELECT user_id, context_id FROM agents
-    WHERE instance_id = $1 AND user_id = ANY ($33::text[])
+    WHERE instance_id = $1 AND user_id = ANY ($32::text[])
     ORDER BY user_id
     FOR NO KEY UPDATE
 ), ok AS MATERIALIZED (
-    SELECT ($32::int8 IS NULL OR (SELECT context_id FROM gc) = $32)
+    SELECT ($31::int8 IS NULL OR (SELECT context_id FROM gc) = $31)
        AND (SELECT count(*) FROM ga
-            JOIN unnest($33::text[], $34::int8[]) AS v(user_id, context_id)
-            USING (user_id, context_id)) = cardinality($33::text[]) AS ok
+            JOIN unnest($32::text[], $33::int8[]) AS v(user_id, context_id)
+            USING (user_id, context_id)) = cardinality($32::text[]) AS ok
 ), ev AS (
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM ok WHERE ok.ok
     RETURNING event_id
-), new_call AS (
-    INSERT INTO calls (instance_id, job_id, call_type, initiator, tags, timeout_seconds,
-                       created_at, ended_at, context_id)
-    SELECT $1, $5, $10, $11, $12, $13, $14, $15, ev.event_id FROM ev
-    WHERE $9 = 'insert'
-    RETURNING 1
-), old_call AS (
-    UPDATE calls SET ended_at = $15, context_id = ev.event_id
-    FROM ev
-    WHERE $9 = 'update' AND calls.instance_id = $1 AND calls.job_id = $5
-    RETURNING 1
-), chan AS (
-    INSERT INTO channels (instance_id, job_id, channel_id, idx, user_id, user_extension,
-                          originator, destination, channel_state, call_type,
-                          release_initiator, release_reason, changed_at)
-    SELECT $1, $5, u.*
-    FROM unnest($16::text[], $17::int4[], $18::text[], $19::text[], $20::text[], $21::text[],
-                $22::text[], $23::text[], $24::text[], $25::text[], $26::int8[]) AS u
-    WHERE EXISTS (SELECT 1 FROM ev)
-    ON CONFLICT (instance_id, job_id, channel_id) DO UPDATE
-        SET channel_state = excluded.channel_state,
-            release_initiator = excluded.release_initiator,
-            release_reason = excluded.release_reason,
-            changed_at = excluded.changed_at
-    RETURNING 1
+), call_rows AS ("#,
+            $call_rows,
+            r#"
+), chan AS ("#,
+            $chan,
+            r#"
 ), ag AS (
     UPDATE agents
     SET user_state = u.user_state, job_id = u.job_id, break_code = u.break_code,
         outbound_scenario = u.outbound_scenario, context_id = ev.event_id
-    FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bool[])
+    FROM unnest($26::text[], $27::text[], $28::text[], $29::text[], $30::bool[])
              AS u(user_id, user_state, job_id, break_code, outbound_scenario),
          ev
     WHERE agents.instance_id = $1 AND agents.user_id = u.user_id
     RETURNING 1
 )
 SELECT ev.event_id,
-       (SELECT count(*) FROM new_call) + (SELECT count(*) FROM old_call),
+       (SELECT count(*) FROM call_rows),
        (SELECT count(*) FROM chan),
        (SELECT count(*) FROM ag)
 FROM ev
-"#;
+"#
+        )
+    };
+}
+
+/// Upserts the changed channels (`$15`–`$25`) of a call that has any.
+macro_rules! upsert_channels {
+    () => {
+        r#"
+    INSERT INTO channels (instance_id, job_id, channel_id, idx, user_id, user_extension,
+                          originator, destination, channel_state, call_type,
+                          release_initiator, release_reason, changed_at)
+    SELECT $1, $5, u.*
+    FROM unnest($15::text[], $16::int4[], $17::text[], $18::text[], $19::text[], $20::text[],
+                $21::text[], $22::text[], $23::text[], $24::text[], $25::int8[]) AS u
+    WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (instance_id, job_id, channel_id) DO UPDATE
+        SET channel_state = excluded.channel_state,
+            release_initiator = excluded.release_initiator,
+            release_reason = excluded.release_reason,
+            changed_at = excluded.changed_at
+    RETURNING 1"#
+    };
+}
+
+/// A change that creates its call (StartConference).
+const APPLY_NEW_CALL: &str = apply!(
+    r#"
+    INSERT INTO calls (instance_id, job_id, call_type, initiator, tags, timeout_seconds,
+                       created_at, ended_at, context_id)
+    SELECT $1, $5, $9, $10, $11, $12, $13, $14, ev.event_id FROM ev
+    RETURNING 1"#,
+    upsert_channels!()
+);
+
+/// A change to a call that exists (EndConference, ReportChannelEvent).
+const APPLY_CALL: &str = apply!(
+    r#"
+    UPDATE calls SET ended_at = $14, context_id = ev.event_id
+    FROM ev
+    WHERE calls.instance_id = $1 AND calls.job_id = $5
+    RETURNING 1"#,
+    upsert_channels!()
+);
+
+/// A change of agents only (ReadyForService).
+const APPLY_NO_CALL: &str = apply!("SELECT 1 WHERE false", "SELECT 1 WHERE false");
 
 /// Writes `changes` and `event` for `instance` if the rows are still at
 /// `read`; returns the event's ID, the new ContextId. If they changed it
@@ -158,10 +206,10 @@ pub async fn apply(
     read: &Versions,
 ) -> Result<i64, Error> {
     let call = changes.call.as_ref();
-    let call_mode = match (call, changes.call_created) {
-        (None, _) => "none",
-        (Some(_), true) => "insert",
-        (Some(_), false) => "update",
+    let statement = match (call, changes.call_created) {
+        (None, _) => APPLY_NO_CALL,
+        (Some(_), true) => APPLY_NEW_CALL,
+        (Some(_), false) => APPLY_CALL,
     };
     let user_ids: Vec<&str> = changes.agents.iter().map(|a| a.user_id.as_str()).collect();
     let ch = ChannelColumns::of(changes.changed_channels());
@@ -172,16 +220,15 @@ pub async fn apply(
         .iter()
         .map(|(user, version)| (user.as_str(), *version))
         .unzip();
-    let written: Option<(i64, i64, i64, i64)> = sqlx::query_as(APPLY)
+    let written: Option<(i64, i64, i64, i64)> = sqlx::query_as(statement)
         .bind(instance.as_str())
         .bind(event.request_id)
         .bind(event.action)
         .bind(event.actor)
         .bind(call.map(|c| c.job_id.as_str()))
         .bind(&user_ids)
-        .bind(event.before.as_ref().map(JsonText))
-        .bind(JsonText(&event.after))
-        .bind(call_mode)
+        .bind(event.before.as_ref())
+        .bind(&event.after)
         .bind(call.map(|c| c.call_type.as_str()))
         .bind(call.map(|c| c.initiator.as_str()))
         .bind(call.map(|c| c.tags.as_str()))

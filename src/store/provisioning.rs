@@ -4,7 +4,7 @@ use crate::domain::Agent;
 use crate::domain::ids::{Extension, InstanceId, LoginName, Millis, PhoneNumber};
 use crate::error::Error;
 
-use super::changes::{Event, JsonText};
+use super::changes::Event;
 use sqlx::PgConnection;
 
 use super::{db_error, unique_violation};
@@ -45,7 +45,7 @@ pub async fn create_instance(
         .bind(event.request_id)
         .bind(event.action)
         .bind(event.actor)
-        .bind(JsonText(&event.after))
+        .bind(&event.after)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {
@@ -141,7 +141,7 @@ pub async fn insert_agent(
         .bind(event.request_id)
         .bind(event.action)
         .bind(event.actor)
-        .bind(JsonText(&event.after))
+        .bind(&event.after)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {

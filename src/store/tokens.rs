@@ -4,7 +4,7 @@ use crate::domain::access::{Caller, Role, TokenGrant};
 use crate::domain::ids::{InstanceId, Millis, UserId};
 use crate::error::Error;
 
-use super::changes::{Event, JsonText};
+use super::changes::Event;
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -141,7 +141,7 @@ pub async fn insert(
     .bind(token.expires_at)
     .bind(event.request_id)
     .bind(event.action)
-    .bind(JsonText(&event.after))
+    .bind(&event.after)
     .fetch_one(&mut *conn)
     .await
     .map_err(db_error)
@@ -179,7 +179,7 @@ pub async fn revoke(
     .bind(event.request_id)
     .bind(event.action)
     .bind(event.actor)
-    .bind(JsonText(&event.after))
+    .bind(&event.after)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;

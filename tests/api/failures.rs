@@ -109,7 +109,7 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
         action: "StartConference",
         actor: "test",
         before: None,
-        after: serde_json::json!({}),
+        after: changes::JsonText::of(&serde_json::json!({})).unwrap(),
     };
 
     let err = changes::apply(&mut tx, &instance, &event, &decided, &loaded.versions)
