@@ -160,40 +160,39 @@ fn change_event<'a>(
     before: Option<Before<'_>>,
     changes: &Changes,
 ) -> Result<Event<'a>, Error> {
-    let before = before
-        .map(|b| {
-            let channels: Vec<_> = match b.call {
-                Some(call) => changes
-                    .channels
-                    .iter()
-                    .map(|&p| &call.channels[p])
-                    .collect(),
-                None => Vec::new(),
-            };
-            let agents: Vec<_> = b
-                .agents
-                .iter()
-                .filter(|a| changes.agents.iter().any(|c| c.user_id == a.user_id))
-                .collect();
-            JsonText::of(&Snapshot {
+    let before = match before {
+        None => None,
+        Some(b) => Some(
+            Snapshot {
                 call: b.call,
-                channels: &channels,
-                agents: &agents,
-            })
-        })
-        .transpose()?;
-    let channels: Vec<_> = changes.changed_channels().collect();
-    let agents: Vec<_> = changes.agents.iter().collect();
+                channels: b.call.map_or_else(Vec::new, |call| {
+                    changes
+                        .channels
+                        .iter()
+                        .map(|&p| &call.channels[p])
+                        .collect()
+                }),
+                agents: b
+                    .agents
+                    .iter()
+                    .filter(|a| changes.agents.iter().any(|c| c.user_id == a.user_id))
+                    .collect(),
+            }
+            .text()?,
+        ),
+    };
+    let after = Snapshot {
+        call: changes.call.as_ref(),
+        channels: changes.changed_channels().collect(),
+        agents: changes.agents.iter().collect(),
+    }
+    .text()?;
     Ok(Event {
         request_id: &ctx.request_id,
         action,
         actor: &ctx.actor,
         before,
-        after: JsonText::of(&Snapshot {
-            call: changes.call.as_ref(),
-            channels: &channels,
-            agents: &agents,
-        })?,
+        after,
     })
 }
 
@@ -203,8 +202,14 @@ fn change_event<'a>(
 #[derive(Serialize)]
 struct Snapshot<'a> {
     call: Option<&'a Call>,
-    channels: &'a [&'a Channel],
-    agents: &'a [&'a Agent],
+    channels: Vec<&'a Channel>,
+    agents: Vec<&'a Agent>,
+}
+
+impl Snapshot<'_> {
+    fn text(&self) -> Result<JsonText, Error> {
+        JsonText::of(self)
+    }
 }
 
 #[cfg(test)]
