@@ -119,6 +119,74 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
     assert!(matches!(err, Error::Contended(_)), "{err:?}");
 }
 
+/// Events and calls have no foreign key to their instance (it locked the
+/// tenant's one `instances` row on every write: migration
+/// 20261126000002). The statement that writes every call and agent action
+/// must still write nothing for an instance that does not exist: here each
+/// kind of change, decided on real rows, is applied to another instance.
+#[sqlx::test]
+async fn no_event_without_its_instance(pool: PgPool) {
+    use ccc_callcontrol::domain::conference::{self, Changes, NewCall};
+    use ccc_callcontrol::domain::ids::{InstanceId, JobId, UserId};
+    use ccc_callcontrol::error::Error;
+    use ccc_callcontrol::store::{agents, calls, changes};
+
+    let app = spawn_app(pool).await;
+    let users = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let (alice, carol) = (&users[0].0, &users[2].0);
+    let conf = app.answered_conference(alice, &["8002", CUSTOMER]).await;
+    let here = InstanceId::from_trusted(INSTANCE);
+    let nowhere = InstanceId::from_trusted("nowhere");
+    let mut conn = app.pool.acquire().await.unwrap();
+
+    // EndConference: a change to a call.
+    let alice = UserId::from_trusted(alice.as_str());
+    let job = JobId::from_trusted(conf.job_id.clone());
+    let loaded = calls::load(&mut conn, &here, &job, Some(&alice)).await.unwrap();
+    let call = loaded.call.as_ref().unwrap();
+    let leaver = loaded.agent(&alice).unwrap();
+    let left = conference::leave(call, &loaded.agents, leaver, 1).unwrap().unwrap();
+    // ReadyForService: a change of agents only; StartConference: a new call.
+    let carol = UserId::from_trusted(carol.as_str());
+    let idle = agents::load(&mut conn, &here, &carol, &[]).await.unwrap();
+    let ready = Changes::of_agent(idle.agents[0].ready_for_service(true).unwrap());
+    let new = NewCall {
+        job_id: JobId::from_trusted("job-9999999999999999999".to_owned()),
+        now: 1,
+        timeout_seconds: 30,
+        tags: String::new(),
+    };
+    let started = conference::start(&idle.agents[0], &[CUSTOMER.to_owned()], &[], new).unwrap();
+
+    for (decided, read) in [
+        (&left, &loaded.versions),
+        (&ready, &idle.versions),
+        (&started, &idle.versions),
+    ] {
+        let event = changes::Event {
+            request_id: "r",
+            action: "Test",
+            actor: "test",
+            before: None,
+            after: changes::JsonText::of(&serde_json::json!({})).unwrap(),
+        };
+        let err = changes::apply(&mut conn, &nowhere, &event, decided, read)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Contended(_)), "{err:?}");
+    }
+
+    for table in ["events", "calls", "channels", "agents"] {
+        let rows: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE instance_id = 'nowhere'"
+        ))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+}
+
 /// A unit that ran to its end gives its connection back to the pool for
 /// the next, whether it answered OK, with a domain error, or with a failed
 /// statement: only a unit cut off mid-way closes it

@@ -1,0 +1,27 @@
+-- Every event appended checked events_instance_fkey, and every new call
+-- calls_instance_fkey. Each such check takes a KEY SHARE lock on the
+-- instance's one row in `instances`, so every concurrent writer of a tenant
+-- locked the same row: a MultiXact shared by all of them, and a heap page
+-- and a WAL record written for the lock, on every action. The busier the
+-- tenant, the hotter that row (docs/performance.md, "One row per tenant
+-- was locked by every write").
+--
+-- Neither key guards anything the other keys do not:
+-- - a call's initiator must be an agent of the same instance
+--   (calls_initiator_fkey), and an agent's instance must exist
+--   (agents_instance_fkey);
+-- - every statement that appends an event also inserts, updates or locks a
+--   row of that instance whose own keys hold, or refuses to write: the
+--   instance itself (CreateInstance), its agents (CreateUser, and the guard
+--   of every call or agent action, which writes nothing unless the agents
+--   and the call it read are there), a new call (whose initiator is an
+--   agent), or an access token checked against the instance in the same
+--   statement. tests/api/failures.rs (`no_event_without_its_instance`)
+--   shows the call and agent actions' statement writing nothing for an
+--   instance that does not exist;
+-- - instances are never deleted.
+--
+-- Dropping a foreign key rewrites nothing; it takes brief ACCESS EXCLUSIVE
+-- locks on events (and its partitions), calls and instances.
+ALTER TABLE events DROP CONSTRAINT events_instance_fkey;
+ALTER TABLE calls DROP CONSTRAINT calls_instance_fkey;
