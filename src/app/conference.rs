@@ -1,6 +1,7 @@
 //! StartConference, EndConference and ReportChannelEvent.
 
 use crate::domain::conference::{self, NewCall};
+use crate::domain::events;
 use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
 use sqlx::PgConnection;
@@ -169,7 +170,10 @@ async fn try_end_conference(
         return Ok(CallAndAgent {
             call: call.clone(),
             agent: leaver.clone(),
-            context_id: loaded.latest_context_id(Some(&cmd.user_id)),
+            context_id: events::latest_context_id([
+                loaded.versions.call,
+                Some(loaded.versions.of_agent(&cmd.user_id)),
+            ]),
         });
     };
     let event = change_event(
@@ -217,7 +221,7 @@ async fn try_report_channel_event(
     else {
         return Ok(ReportedCall {
             call: call.clone(),
-            context_id: loaded.latest_context_id(None),
+            context_id: events::latest_context_id([loaded.versions.call]),
         });
     };
     let event = change_event(

@@ -3,7 +3,7 @@
 use sqlx::PgConnection;
 
 use crate::domain::ids::{InstanceId, UserId};
-use crate::domain::{Agent, Call, Changes};
+use crate::domain::{Agent, Call, Changes, events};
 use crate::error::Error;
 use crate::store::changes;
 use crate::store::status;
@@ -55,7 +55,7 @@ impl App {
         Ok(AgentStatus {
             agent,
             call: found.call,
-            context_id: found.context_id,
+            context_id: events::latest_context_id([found.agent_version, found.call_version]),
         })
     }
 

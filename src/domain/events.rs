@@ -1,12 +1,21 @@
-//! The event stream's rules: what a cursor is, which changes a watcher
-//! sees, and how the call as it was after each change is rebuilt from the
-//! call's events (each event records only the channels it changed).
+//! The event log's rules: which event an answer reports as its ContextId,
+//! what a cursor is, which changes a watcher sees, and how the call as it
+//! was after each change is rebuilt from the call's events (each event
+//! records only the channels it changed).
 
 use std::collections::HashMap;
 
 use super::ids::{InstanceId, JobId, Millis, UserId};
 use super::{Agent, Call, Channel};
 use crate::error::ParamViolation;
+
+/// The ContextId of an answer whose action wrote nothing (a poll, a
+/// repeated EndConference or report): the latest event that changed any of
+/// the rows it reports, given each row's last event (`None`: no such row).
+/// An action that writes reports the event it appended instead.
+pub fn latest_context_id(versions: impl IntoIterator<Item = Option<i64>>) -> i64 {
+    versions.into_iter().flatten().max().unwrap_or(0)
+}
 
 /// A point in the event log: every change with an ID at or below it is
 /// behind the reader. What the stream hands out as `Cursor`, opaque to
@@ -187,6 +196,15 @@ mod tests {
 
     fn instance() -> InstanceId {
         InstanceId::parse("InstanceId", "ccc-test").unwrap()
+    }
+
+    #[test]
+    fn an_answer_that_wrote_nothing_reports_the_latest_change_of_what_it_reports() {
+        assert_eq!(latest_context_id([Some(7), Some(12)]), 12);
+        assert_eq!(latest_context_id([Some(12), None]), 12);
+        // A row never changed by an event (provisioned before any action).
+        assert_eq!(latest_context_id([Some(0), None]), 0);
+        assert_eq!(latest_context_id([None, None]), 0);
     }
 
     fn user(login: &str) -> UserId {

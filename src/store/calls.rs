@@ -32,13 +32,6 @@ impl LoadedCall {
     pub fn agent(&self, user: &UserId) -> Option<&Agent> {
         self.agents.iter().find(|a| &a.user_id == user)
     }
-
-    /// The latest event that changed the call or `actor`: the ContextId of
-    /// an action that changed nothing.
-    pub fn latest_context_id(&self, actor: Option<&UserId>) -> i64 {
-        let actor = actor.map_or(0, |a| self.versions.of_agent(a));
-        self.versions.call.unwrap_or(0).max(actor)
-    }
 }
 
 /// The one read of EndConference and ReportChannelEvent: the call, its

@@ -16,8 +16,9 @@ pub struct UserStatus {
     pub agent: Option<Agent>,
     /// The agent's current or last call.
     pub call: Option<Call>,
-    /// The latest event that changed the agent or that call.
-    pub context_id: i64,
+    /// The last event that changed the agent, and the call.
+    pub agent_version: Option<i64>,
+    pub call_version: Option<i64>,
 }
 
 /// One statement, so the agent and its call come from one snapshot.
@@ -60,14 +61,11 @@ pub async fn poll(
         .await
         .map_err(db_error)?;
 
-    let context_id = agent
-        .as_ref()
-        .map_or(0, |a| a.version)
-        .max(call.as_ref().map_or(0, |c| c.version));
     Ok(UserStatus {
         instance_exists,
+        agent_version: agent.as_ref().map(|a| a.version),
+        call_version: call.as_ref().map(|c| c.version),
         agent: agent.map(|a| a.row),
         call: call.map(|c| c.into_call(channels)),
-        context_id,
     })
 }

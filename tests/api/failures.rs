@@ -142,10 +142,14 @@ async fn no_event_without_its_instance(pool: PgPool) {
     // EndConference: a change to a call.
     let alice = UserId::from_trusted(alice.as_str());
     let job = JobId::from_trusted(conf.job_id.clone());
-    let loaded = calls::load(&mut conn, &here, &job, Some(&alice)).await.unwrap();
+    let loaded = calls::load(&mut conn, &here, &job, Some(&alice))
+        .await
+        .unwrap();
     let call = loaded.call.as_ref().unwrap();
     let leaver = loaded.agent(&alice).unwrap();
-    let left = conference::leave(call, &loaded.agents, leaver, 1).unwrap().unwrap();
+    let left = conference::leave(call, &loaded.agents, leaver, 1)
+        .unwrap()
+        .unwrap();
     // ReadyForService: a change of agents only; StartConference: a new call.
     let carol = UserId::from_trusted(carol.as_str());
     let idle = agents::load(&mut conn, &here, &carol, &[]).await.unwrap();
