@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Starting and stopping the service for the bench scripts. Source it after
-# scripts/common.sh, with $bin (the release binary) and $work (a scratch
-# directory) set; do not run it.
+# Starting and stopping the service, and readying a database, for the bench
+# scripts. Source it after scripts/common.sh, with $bin (the release binary)
+# and $work (a scratch directory) set; do not run it.
 
 server_pid=
 address=
@@ -34,4 +34,15 @@ stop_server() {
         wait "$server_pid" 2>/dev/null || true
     fi
     server_pid=
+}
+
+# analyze_all URL...: ANALYZE each database, as autovacuum would within a
+# minute of a real deployment's first writes. Until then PostgreSQL plans
+# for empty tables, and a bench on a new database would measure those plans
+# (docs/performance.md, "Plans made for empty tables").
+analyze_all() {
+    local url
+    for url in "$@"; do
+        psql "$url" -qc "ANALYZE" >/dev/null
+    done
 }
