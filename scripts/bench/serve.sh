@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Starting and stopping the service, and readying a database, for the bench
-# scripts. Source it after scripts/common.sh, with $bin (the release binary)
-# and $work (a scratch directory) set; do not run it.
+# The bench scripts' shared parts: starting and stopping the service, analyzing
+# a database, a private PostgreSQL. Source it after scripts/common.sh, with
+# $bin (the release binary) and $work (a scratch directory) set; do not run it.
 
 server_pid=
 address=
@@ -45,4 +45,39 @@ analyze_all() {
     for url in "$@"; do
         psql "$url" -qc "ANALYZE" >/dev/null
     done
+}
+
+# start_private_pg [SETTING...]: a PostgreSQL of the script's own, for what
+# the shared server must not be reconfigured for: initdb into $work/data
+# from the installed binaries, a free port, each SETTING ("name = value")
+# added to its configuration. Sets pg_port. Stop it with stop_private_pg
+# (in the script's exit trap).
+start_private_pg() {
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+    [[ -x $pgbin/initdb ]] || die "PostgreSQL's server binaries not found (apt-get install postgresql)"
+    pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    chmod 755 "$work"
+    [[ $(id -u) -eq 0 ]] && chown postgres "$work"
+    say "starting a private PostgreSQL on port $pg_port"
+    run_pg "$pgbin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
+    {
+        echo "port = $pg_port"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = '$work'"
+        printf '%s\n' "$@"
+    } >>"$work/data/postgresql.conf"
+    run_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
+}
+
+# stop_private_pg: stops the server start_private_pg started, if any.
+stop_private_pg() {
+    if [[ -n ${pgbin:-} ]]; then
+        run_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+}
+
+# run_pg CMD...: CMD as the postgres user when running as root (initdb
+# refuses root), else as is.
+run_pg() {
+    if [[ $(id -u) -eq 0 ]]; then as_postgres "$@"; else "$@"; fi
 }
