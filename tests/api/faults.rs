@@ -443,6 +443,12 @@ struct Shared {
 /// The most iterations one client makes: a bound, not a target.
 const MAX_ITERATIONS: usize = 5_000;
 
+/// What a client waits after a refused CreateUser before its next
+/// iteration, as a real caller backs off: with the database down every
+/// refusal is quick (connection refused), and a client that did not wait
+/// ran through [`MAX_ITERATIONS`] within a 30 s outage on a fast host.
+const BACKOFF: Duration = Duration::from_millis(10);
+
 impl Shared {
     fn phase(&self) -> Phase {
         match self.phase.load(Ordering::SeqCst) {
@@ -549,7 +555,10 @@ async fn client(c: Clients, id: usize, deadline: Option<Duration>, shared: Arc<S
         // not used again, so nothing later depends on that ambiguity.
         let r = create_user(&c, &format!("load-c{id}-{i}"), deadline).await;
         shared.record(id, &r);
-        let Ok(user) = r else { continue };
+        let Ok(user) = r else {
+            tokio::time::sleep(BACKOFF).await;
+            continue;
+        };
         shared.ledger.lock().unwrap().users.push(user.clone());
         let r = ready(&c, &user, deadline).await;
         shared.record(id, &r);
