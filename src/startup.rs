@@ -41,6 +41,7 @@ pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         }
         tracing::info!("created the database");
     }
+    let database = options.get_database().unwrap_or_default().to_owned();
     let pool = connect_pool(options, args)
         .await
         .context("Failed to connect to the database")?;
@@ -48,7 +49,31 @@ pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         .run(&pool)
         .await
         .context("Failed to apply migrations")?;
+    warn_if_autovacuum_is_off(&pool, &database).await;
     Ok(pool)
+}
+
+/// PostgreSQL keeps the planner's statistics only with autovacuum on (its
+/// default). Without it the service's statements are planned for its
+/// tables as they were last analyzed (for a new database: empty), and read
+/// 9 to 35 times the pages they need (docs/performance.md, "Plans made for
+/// empty tables"). A warning, not a refusal: an operator may analyze by
+/// other means.
+async fn warn_if_autovacuum_is_off(pool: &PgPool, database: &str) {
+    let setting = sqlx::query_scalar::<_, String>("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await;
+    match setting {
+        Ok(on) if on != "off" => {}
+        Ok(_) => tracing::warn!(
+            database,
+            "autovacuum is off: PostgreSQL keeps no statistics of the service's tables, and its \
+             statements will read many times the pages they need; turn autovacuum on, or ANALYZE \
+             the database regularly (docs/operations.md, \"Statistics\")"
+        ),
+        // Not worth failing the start for: the service works either way.
+        Err(e) => tracing::debug!(error = %e, "could not read the autovacuum setting"),
+    }
 }
 
 /// Whether the database exists, once the server answers at all.

@@ -106,3 +106,58 @@ async fn a_database_outage_flips_only_the_storage_entry() {
     .await;
     app.create_instance("ccc-after").await;
 }
+
+/// With autovacuum off PostgreSQL keeps no statistics, and the service's
+/// plans degrade as its tables grow (docs/performance.md, "Plans made for
+/// empty tables"): starting says so, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_warns_when_autovacuum_is_off() {
+    init_logs();
+    let pg = PrivatePg::start().await;
+    let warned = |db: &str| {
+        let log = std::fs::read_to_string(LOG_FILE).unwrap_or_default();
+        log.lines()
+            .any(|l| l.contains("autovacuum is off") && l.contains(&format!("database=\"{db}\"")))
+    };
+
+    set_autovacuum(&pg, "off").await;
+    prepare_database(&DatabaseArgs::for_url(pg.url("ccc_autovacuum_off")))
+        .await
+        .expect("the private database");
+    assert!(warned("ccc_autovacuum_off"));
+
+    set_autovacuum(&pg, "on").await;
+    prepare_database(&DatabaseArgs::for_url(pg.url("ccc_autovacuum_on")))
+        .await
+        .expect("the private database");
+    assert!(!warned("ccc_autovacuum_on"));
+}
+
+/// Sets autovacuum on the private server and waits until a new session
+/// sees it (a reload is signalled, not awaited).
+async fn set_autovacuum(pg: &PrivatePg, value: &str) {
+    let url = pg.url("postgres");
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("ALTER SYSTEM SET autovacuum = {value}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    for _ in 0..100 {
+        let fresh = sqlx::PgPool::connect(&url).await.unwrap();
+        let now: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+            .fetch_one(&fresh)
+            .await
+            .unwrap();
+        fresh.close().await;
+        if now == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("autovacuum did not become {value}");
+}

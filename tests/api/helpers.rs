@@ -204,7 +204,7 @@ pub fn remember_secret(secret: &str) {
 
 /// Sends every log line of the suite, at DEBUG for every crate, to
 /// [`LOG_FILE`] (created anew by each run of the suite).
-fn init_logs() {
+pub fn init_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let file = OpenOptions::new()
