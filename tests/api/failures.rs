@@ -1,10 +1,35 @@
 //! When the database fails: the client gets an opaque, correctly coded
 //! error, nothing half-done is stored, and the event log stays append-only.
 
+use ccc_callcontrol::domain::conference::NewCall;
+use ccc_callcontrol::domain::ids::JobId;
+use ccc_callcontrol::store::changes;
 use sqlx::PgPool;
 use tonic::Code;
 
 use crate::helpers::*;
+
+/// The event row of a change a test applies straight through the store:
+/// its payload does not matter there.
+fn bare_event(action: &'static str) -> changes::Event<'static> {
+    changes::Event {
+        request_id: "r",
+        action,
+        actor: "test",
+        before: None,
+        after: changes::JsonText::of(&serde_json::json!({})).unwrap(),
+    }
+}
+
+/// A new call with JobId `job`, as StartConference would draw it.
+fn new_call(job: &str) -> NewCall {
+    NewCall {
+        job_id: JobId::from_trusted(job.to_owned()),
+        now: 1,
+        timeout_seconds: 30,
+        tags: String::new(),
+    }
+}
 
 #[sqlx::test]
 async fn a_broken_database_is_an_opaque_internal_error_and_changes_nothing(pool: PgPool) {
@@ -77,10 +102,10 @@ async fn events_are_append_only(pool: PgPool) {
 /// not an internal error.
 #[sqlx::test]
 async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
-    use ccc_callcontrol::domain::conference::{self, NewCall};
-    use ccc_callcontrol::domain::ids::{InstanceId, JobId, UserId};
+    use ccc_callcontrol::domain::conference;
+    use ccc_callcontrol::domain::ids::{InstanceId, UserId};
     use ccc_callcontrol::error::Error;
-    use ccc_callcontrol::store::{self, agents, changes};
+    use ccc_callcontrol::store::{self, agents};
 
     let app = spawn_app(pool).await;
     let users = app.ready_agents(&["alice", "bob"]).await;
@@ -97,20 +122,14 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
     let bob = UserId::from_trusted(users[1].0.as_str());
     let mut tx = store::begin(&mut conn).await.unwrap();
     let loaded = agents::load(&mut tx, &instance, &bob, &[]).await.unwrap();
-    let new = NewCall {
-        job_id: JobId::from_trusted(taken),
-        now: 1,
-        timeout_seconds: 30,
-        tags: String::new(),
-    };
-    let decided = conference::start(&loaded.agents[0], &[CUSTOMER.to_owned()], &[], new).unwrap();
-    let event = changes::Event {
-        request_id: "r",
-        action: "StartConference",
-        actor: "test",
-        before: None,
-        after: changes::JsonText::of(&serde_json::json!({})).unwrap(),
-    };
+    let decided = conference::start(
+        &loaded.agents[0],
+        &[CUSTOMER.to_owned()],
+        &[],
+        new_call(&taken),
+    )
+    .unwrap();
+    let event = bare_event("StartConference");
 
     let err = changes::apply(&mut tx, &instance, &event, &decided, &loaded.versions)
         .await
@@ -126,10 +145,10 @@ async fn a_job_id_drawn_twice_is_a_lost_race(pool: PgPool) {
 /// kind of change, decided on real rows, is applied to another instance.
 #[sqlx::test]
 async fn no_event_without_its_instance(pool: PgPool) {
-    use ccc_callcontrol::domain::conference::{self, Changes, NewCall};
-    use ccc_callcontrol::domain::ids::{InstanceId, JobId, UserId};
+    use ccc_callcontrol::domain::conference::{self, Changes};
+    use ccc_callcontrol::domain::ids::{InstanceId, UserId};
     use ccc_callcontrol::error::Error;
-    use ccc_callcontrol::store::{agents, calls, changes};
+    use ccc_callcontrol::store::{agents, calls};
 
     let app = spawn_app(pool).await;
     let users = app.ready_agents(&["alice", "bob", "carol"]).await;
@@ -154,26 +173,15 @@ async fn no_event_without_its_instance(pool: PgPool) {
     let carol = UserId::from_trusted(carol.as_str());
     let idle = agents::load(&mut conn, &here, &carol, &[]).await.unwrap();
     let ready = Changes::of_agent(idle.agents[0].ready_for_service(true).unwrap());
-    let new = NewCall {
-        job_id: JobId::from_trusted("job-9999999999999999999".to_owned()),
-        now: 1,
-        timeout_seconds: 30,
-        tags: String::new(),
-    };
+    let new = new_call("job-9999999999999999999");
     let started = conference::start(&idle.agents[0], &[CUSTOMER.to_owned()], &[], new).unwrap();
 
+    let event = bare_event("Test");
     for (decided, read) in [
         (&left, &loaded.versions),
         (&ready, &idle.versions),
         (&started, &idle.versions),
     ] {
-        let event = changes::Event {
-            request_id: "r",
-            action: "Test",
-            actor: "test",
-            before: None,
-            after: changes::JsonText::of(&serde_json::json!({})).unwrap(),
-        };
         let err = changes::apply(&mut conn, &nowhere, &event, decided, read)
             .await
             .unwrap_err();
