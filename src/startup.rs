@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::app::{App, Limits, TokenCache, WatchOptions};
 use crate::config::DatabaseArgs;
-use crate::store::Store;
+use crate::store::{self, Store};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -124,10 +124,11 @@ const RANDOM_PAGE_COST: &str = "1.1";
 /// A pool on `options` with the service's session settings and limits:
 /// statement and lock timeouts, the idle-in-transaction timeout and the
 /// planner's page cost. No check when a connection is handed out (sqlx's
-/// ping is off): a unit's connection goes back to the pool only when the
-/// unit ran to its end, and is closed otherwise (`app::unit`), and sqlx
-/// pings each connection as it comes back. Tests build their pools with
-/// this too, over their own databases.
+/// ping is off): a unit's connection is reused only when the unit ran to
+/// its end, and is closed otherwise (`app::unit`); sqlx pings each
+/// connection that comes back to the pool, which a unit that ended cleanly
+/// skips (`store::warm`). Tests build their pools with this too, over
+/// their own databases.
 pub async fn connect_pool(
     options: PgConnectOptions,
     args: &DatabaseArgs,
@@ -324,6 +325,7 @@ impl Application {
                 .context("Invalid TLS configuration")?;
         }
         let purge = tokio::spawn(purge_idempotency_keys(self.app.clone()));
+        let sweep = tokio::spawn(sweep_kept_connections(self.app.store().clone()));
         let event_log = tokio::spawn(maintain_event_log(self.app.clone()));
 
         let (signalled, mut signalled_at) = tokio::sync::watch::channel(None::<Instant>);
@@ -365,6 +367,7 @@ impl Application {
             }
         };
         purge.abort();
+        sweep.abort();
         event_log.abort();
         if let Some(task) = storage {
             task.abort();
@@ -381,7 +384,7 @@ impl Application {
         }
         // Closing waits for connections still checked out: bounded, as a
         // silent database could hold them for good.
-        if tokio::time::timeout(Duration::from_secs(1), pool.close())
+        if tokio::time::timeout(Duration::from_secs(1), self.app.store().close())
             .await
             .is_err()
         {
@@ -405,6 +408,16 @@ async fn purge_idempotency_keys(app: App) {
             Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "failed to purge idempotency keys"),
         }
+    }
+}
+
+/// Gives the connections kept between units that traffic no longer uses
+/// back to the pool (`store::warm`), so its idle timeout can close them.
+async fn sweep_kept_connections(store: Store) {
+    let mut every = tokio::time::interval(store::warm::WARM_FOR);
+    loop {
+        every.tick().await;
+        store.sweep();
     }
 }
 

@@ -22,8 +22,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use sqlx::PgConnection;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -32,7 +31,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::error::Error;
 use crate::measure::{self, UnitOutcome};
 use crate::store::idempotency::{self, Claim, KeyUse};
-use crate::store::{self, Store};
+use crate::store::{self, Store, warm};
 
 use super::App;
 
@@ -175,17 +174,20 @@ impl Units {
         // Past this point the work starts, and then always ends.
         if Instant::now() >= deadline {
             // Nothing ran on it: it goes back as it came.
-            conn.ended();
+            conn.reuse(store);
             return Err(Error::DeadlineExceeded);
         }
-        measure::pool(store.pool().size(), store.pool().num_idle());
+        let (open, idle) = store.connections();
+        measure::pool(open, idle);
         let give_up = *progress
             .give_up
             .get_or_insert_with(|| Instant::now() + self.db_timeout);
         let started = Instant::now();
         let ended = tokio::time::timeout_at(give_up.into(), work(conn.raw())).await;
-        if ended.is_ok() {
-            conn.ended();
+        match &ended {
+            Ok(Ok(_)) => conn.reuse(store),
+            Ok(Err(_)) => conn.ended(),
+            Err(_) => {}
         }
         let (outcome, done) = match ended {
             Ok(Err(Error::Contended(cause))) => {
@@ -254,21 +256,23 @@ impl Units {
     }
 }
 
-/// A unit's connection. It goes back to the pool only once the unit's work
-/// has run to its end (committed, rolled back, or failed with the
-/// connection in a state sqlx knows); dropped any other way (the unit cut
-/// off by its database timeout, a panic, the task abandoned at shutdown) it
-/// is closed, so a connection whose state is unknown, such as one left
-/// inside a transaction by a dropped `begin()` (sqlx 0.8.6), is never
-/// reused. This is the pool's defence, and it costs no round trip: a check
-/// statement on every acquire would add a fourth to every call action.
+/// A unit's connection. Once the unit's work has run to its end without
+/// a failure it is kept for the next unit (`store::warm`, no round trip);
+/// after a failure it goes back to the pool, which pings it (and flushes
+/// the ROLLBACK of a transaction the failure dropped). Dropped any other
+/// way (the unit cut off by its database timeout, a panic, the task
+/// abandoned at shutdown) it is closed, so a connection whose state is
+/// unknown, such as one left inside a transaction by a dropped `begin()`
+/// (sqlx 0.8.6), is never reused. This is the pool's defence, and it costs
+/// no round trip: a check statement on every acquire would add one to
+/// every call action.
 struct Leased {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<warm::Conn>,
     ended: bool,
 }
 
 impl Leased {
-    fn new(conn: PoolConnection<Postgres>) -> Self {
+    fn new(conn: warm::Conn) -> Self {
         Self {
             conn: Some(conn),
             ended: false,
@@ -276,12 +280,21 @@ impl Leased {
     }
 
     fn raw(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect("held until dropped")
+        self.conn.as_mut().expect("held until dropped").raw()
     }
 
-    /// The unit's work ran to its end: the connection may be reused.
+    /// The unit's work ran to its end and failed: the connection goes back
+    /// to the pool, which checks it.
     fn ended(&mut self) {
         self.ended = true;
+    }
+
+    /// The unit's work ran to its end (or never started): the next unit
+    /// may take the connection as it is.
+    fn reuse(&mut self, store: &Store) {
+        if let Some(conn) = self.conn.take() {
+            store.reuse(conn);
+        }
     }
 }
 
@@ -291,9 +304,7 @@ impl Drop for Leased {
             && !self.ended
         {
             measure::connection_discarded();
-            // Detached, the raw connection closes its socket when dropped;
-            // PostgreSQL rolls back whatever it had open.
-            drop(conn.detach());
+            conn.discard();
         }
     }
 }

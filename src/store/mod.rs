@@ -21,8 +21,10 @@ pub mod provisioning;
 mod rows;
 pub mod status;
 pub mod tokens;
+pub mod warm;
 
-use sqlx::pool::PoolConnection;
+use std::sync::Arc;
+
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::error::Error;
@@ -34,11 +36,15 @@ pub type Tx<'c> = Transaction<'c, Postgres>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    warm: Arc<warm::Warm>,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            warm: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -55,10 +61,37 @@ impl Store {
         self.pool.options().get_acquire_timeout()
     }
 
-    /// A connection for one unit of work, within the pool's acquire
-    /// timeout.
-    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, Error> {
-        self.pool.acquire().await.map_err(db_error)
+    /// A connection for one unit of work: one kept from an earlier unit
+    /// (`warm`), else one from the pool within its acquire timeout.
+    pub async fn acquire(&self) -> Result<warm::Conn, Error> {
+        self.warm.acquire(&self.pool).await.map_err(db_error)
+    }
+
+    /// A connection whose unit ran to its end without a failure: kept for
+    /// the next unit if it is clean, else back to the pool (`warm`).
+    pub fn reuse(&self, conn: warm::Conn) {
+        self.warm.keep(conn);
+    }
+
+    /// Connections open and connections idle (in the pool or kept), as of
+    /// now.
+    pub fn connections(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle() + self.warm.count())
+    }
+
+    /// Gives kept connections that have gone unused back to the pool;
+    /// called now and then while the replica serves.
+    pub fn sweep(&self) {
+        self.warm.sweep();
+    }
+
+    /// Closes the pool and every connection, waiting for those still in
+    /// use.
+    pub async fn close(&self) {
+        // Closed first, so that the kept connections handed back close too.
+        let closing = self.pool.close();
+        self.warm.release_all();
+        closing.await;
     }
 }
 

@@ -342,6 +342,80 @@ async fn a_retry_with_its_idempotency_key_replays_the_first_answer(pool: PgPool)
     assert_eq!(app.stored_agent(&agents[1].0).await.0, "WORKING");
 }
 
+/// A replayed answer ends its transaction without a commit: sqlx queues the
+/// ROLLBACK and sends it with the connection's next statement. Such a
+/// connection is not kept for the next unit as it is (`store::warm`): the
+/// pool's check sends the ROLLBACK at once, and no session stays idle in a
+/// transaction, holding what the transaction locked.
+#[sqlx::test]
+async fn a_replayed_answer_leaves_no_transaction_open(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let agents = app.ready_agents(&["alice", "bob"]).await;
+    let alice = &agents[0].0;
+    let conf = app.answered_conference(alice, &["8002", CUSTOMER]).await;
+    let mut calls = app.calls.clone();
+    for id in ["first", "retry"] {
+        calls
+            .end_conference(keyed(end_request(alice, &conf.job_id), Some("k-1"), id))
+            .await
+            .unwrap();
+    }
+
+    let open = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'idle in transaction'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    // The pool's check runs just after the answer.
+    let mut left = open().await;
+    for _ in 0..40 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = open().await;
+    }
+    assert_eq!(left, 0, "no session idle in a transaction after a replay");
+    // And the next action on that connection is served as usual.
+    app.poll(alice).await;
+}
+
+/// With one connection and many callers at once, each unit gets the
+/// connection as the one before ends: a unit waiting on the pool also takes
+/// a connection kept for reuse (`store::warm`), which the pool itself
+/// counts as out, so would never hand over.
+#[sqlx::test]
+async fn one_connection_serves_many_callers_in_turn(pool: PgPool) {
+    let mut args = service_args(&pool);
+    args.max_connections = 1;
+    args.acquire_timeout_ms = 2_000;
+    let app = spawn_app_tuned(pool, ServeOptions::default(), args).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let alice = agents[0].0.clone();
+
+    let polls: Vec<_> = (0..16)
+        .map(|_| {
+            let mut calls = app.calls.clone();
+            let user = alice.clone();
+            tokio::spawn(async move {
+                calls
+                    .poll_user_status(proto::PollUserStatusRequest {
+                        instance_id: INSTANCE.into(),
+                        user_id: user,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for p in polls {
+        p.await.unwrap().expect("every caller is served in turn");
+    }
+}
+
 /// 50 identical requests with one key, at once, on two replicas: exactly
 /// one change, and all 50 answers are that change's.
 #[sqlx::test]
