@@ -17,6 +17,7 @@ mod events;
 mod failures;
 mod faults;
 mod health;
+mod kept_connections;
 mod logs;
 mod poll_and_ready;
 mod reliability;
