@@ -26,6 +26,15 @@ async fn pool_idle(pool: &PgPool, n: usize) -> usize {
     pool.num_idle()
 }
 
+/// A store over `pool` keeping the one connection it has used.
+async fn one_kept(pool: &PgPool) -> Store {
+    let store = Store::new(pool.clone());
+    let mut conn = store.acquire().await.unwrap();
+    backend_pid(&mut conn).await;
+    store.reuse(conn);
+    store
+}
+
 #[sqlx::test]
 async fn a_clean_connection_is_the_next_units_most_recent_first(pool: PgPool) {
     let store = Store::new(pool.clone());
@@ -51,10 +60,7 @@ async fn a_clean_connection_is_the_next_units_most_recent_first(pool: PgPool) {
 
 #[sqlx::test]
 async fn kept_connections_go_back_to_the_pool_once_unused(pool: PgPool) {
-    let store = Store::new(pool.clone());
-    let mut conn = store.acquire().await.unwrap();
-    backend_pid(&mut conn).await;
-    store.reuse(conn);
+    let store = one_kept(&pool).await;
 
     store.sweep();
     assert_eq!(pool.num_idle(), 0, "just used: still kept");
@@ -71,10 +77,7 @@ async fn kept_connections_go_back_to_the_pool_once_unused(pool: PgPool) {
 
 #[sqlx::test]
 async fn closing_the_store_closes_the_kept_connections(pool: PgPool) {
-    let store = Store::new(pool.clone());
-    let mut conn = store.acquire().await.unwrap();
-    backend_pid(&mut conn).await;
-    store.reuse(conn);
+    let store = one_kept(&pool).await;
 
     // The pool's close waits for every connection it counts as in use,
     // the kept ones included: they must be handed back to it.
