@@ -154,24 +154,23 @@ async fn respond<T>(
     body: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
+    // A raw InstanceId is logged only once it is known to be one. Fields
+    // known now are given now: with JSON logs, each later `record`
+    // re-parses and rewrites all the span's fields.
+    let instance = InstanceId::parse("InstanceId", instance)
+        .is_ok()
+        .then_some(instance);
     let span = tracing::info_span!(
         "request",
         rpc,
         request_id,
-        instance = tracing::field::Empty,
+        instance,
         token = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
+        trace_id = trace_id(metadata),
         otel.kind = "server",
     );
     // Before the span is first entered: that is when its parent is fixed.
     telemetry::follow_caller(&span, metadata);
-    // A raw InstanceId is logged only once it is known to be one.
-    if InstanceId::parse("InstanceId", instance).is_ok() {
-        span.record("instance", instance);
-    }
-    if let Some(trace_id) = trace_id(metadata) {
-        span.record("trace_id", trace_id);
-    }
     let outcome = async {
         match app.admit() {
             Ok(_admitted) => {
