@@ -186,7 +186,7 @@ impl Units {
         let ended = tokio::time::timeout_at(give_up.into(), work(conn.raw())).await;
         match &ended {
             Ok(Ok(_)) => conn.reuse(store),
-            Ok(Err(_)) => conn.ended(),
+            Ok(Err(_)) => conn.give_back(),
             Err(_) => {}
         }
         let (outcome, done) = match ended {
@@ -267,16 +267,13 @@ impl Units {
 /// no round trip: a check statement on every acquire would add one to
 /// every call action.
 struct Leased {
+    /// Until the unit's work ends one way or the other.
     conn: Option<warm::Conn>,
-    ended: bool,
 }
 
 impl Leased {
     fn new(conn: warm::Conn) -> Self {
-        Self {
-            conn: Some(conn),
-            ended: false,
-        }
+        Self { conn: Some(conn) }
     }
 
     fn raw(&mut self) -> &mut PgConnection {
@@ -285,8 +282,10 @@ impl Leased {
 
     /// The unit's work ran to its end and failed: the connection goes back
     /// to the pool, which checks it.
-    fn ended(&mut self) {
-        self.ended = true;
+    fn give_back(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.give_back();
+        }
     }
 
     /// The unit's work ran to its end (or never started): the next unit
@@ -300,9 +299,7 @@ impl Leased {
 
 impl Drop for Leased {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && !self.ended
-        {
+        if let Some(conn) = self.conn.take() {
             measure::connection_discarded();
             conn.discard();
         }

@@ -12,10 +12,10 @@
 //! the next unit takes it as it is, the most recently used first.
 //!
 //! What sqlx's pool does for its idle connections still happens, a little
-//! later: a connection not reused within [`WARM_FOR`] (swept by
-//! [`Warm::sweep`], and whenever one is taken), or one that has circulated
-//! here for [`CIRCULATE_FOR`], goes back to sqlx, which pings it and
-//! applies its idle timeout and maximum lifetime.
+//! later: a connection not reused within [`WARM_FOR`] (by the next
+//! [`Warm::sweep`], which the replica runs that often), or one that has
+//! circulated here for [`CIRCULATE_FOR`], goes back to sqlx, which pings it
+//! and applies its idle timeout and maximum lifetime.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,6 +44,12 @@ pub struct Conn {
 impl Conn {
     pub fn raw(&mut self) -> &mut PgConnection {
         &mut self.inner
+    }
+
+    /// Hands the connection back to sqlx's pool, which pings it before
+    /// anyone else gets it.
+    pub fn give_back(self) {
+        drop(self.inner);
     }
 
     /// Closes the connection instead of reusing it: its state is unknown.
@@ -105,6 +111,7 @@ impl Warm {
     /// too long; else it goes back to sqlx's pool, which checks it.
     pub fn keep(&self, conn: Conn) {
         if !conn.is_clean() || conn.out_since.elapsed() >= CIRCULATE_FOR {
+            conn.give_back();
             return;
         }
         self.lock().push(Kept {
@@ -140,9 +147,8 @@ impl Warm {
         self.lock().len()
     }
 
-    /// The most recently kept connection, the stale ones given back first.
+    /// The most recently kept connection.
     fn take(&self) -> Option<Conn> {
-        self.sweep();
         self.lock().pop().map(|k| k.conn)
     }
 
