@@ -386,6 +386,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_requests: u32,
 
+    /// Most calls whose state this replica keeps after acting on them, to
+    /// decide the next action on the same call without reading it first
+    /// (one round trip instead of two while no other replica changed the
+    /// call); 0 keeps none.
+    #[arg(long, env = "CCC_KNOWN_CALLS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub known_calls: u32,
+
     /// Most concurrent streams (calls) one client connection may open
     /// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     #[arg(long, env = "CCC_MAX_STREAMS_PER_CONNECTION", default_value_t = 128,

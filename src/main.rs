@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
                 drain: Duration::from_millis(args.drain_ms),
                 shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
                 max_concurrent_requests: args.max_concurrent_requests as usize,
+                known_calls: args.known_calls as usize,
                 max_streams_per_connection: args.max_streams_per_connection,
                 max_request_bytes: args.max_request_bytes as usize,
                 watch: WatchOptions {

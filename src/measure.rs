@@ -127,6 +127,33 @@ pub fn token_cache(hit: bool) {
     counter!("ccc_token_cache_total", "result" => result).increment(1);
 }
 
+/// How an action on a call used what the replica knew of it (`app::known`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownUse {
+    /// Decided on what was known and written: one round trip.
+    Hit,
+    /// Decided on what was known, but another replica had changed the call
+    /// or an agent since: the guarded write wrote nothing, read afresh.
+    Stale,
+    /// Known, but what was known led to no write (a retry, a refusal),
+    /// which is answered only from a fresh read.
+    Unsure,
+    /// Not known: read first.
+    Unknown,
+}
+
+/// `ccc_known_calls_total{result}`: actions on a call by how what this
+/// replica knew of the call served them.
+pub fn known_call(used: KnownUse) {
+    let result = match used {
+        KnownUse::Hit => "hit",
+        KnownUse::Stale => "stale",
+        KnownUse::Unsure => "unsure",
+        KnownUse::Unknown => "unknown",
+    };
+    counter!("ccc_known_calls_total", "result" => result).increment(1);
+}
+
 /// `ccc_events_appended_total{action}`: changes recorded in the event log.
 pub fn event_appended(action: &'static str) {
     counter!("ccc_events_appended_total", "action" => action).increment(1);

@@ -222,6 +222,8 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// Most requests served at once; beyond it requests are shed.
     pub max_concurrent_requests: usize,
+    /// Most calls whose state the replica keeps to decide on.
+    pub known_calls: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per client connection.
     pub max_streams_per_connection: u32,
     /// Largest encoded request accepted, in bytes.
@@ -243,6 +245,7 @@ impl Default for ServeOptions {
             drain: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(15),
             max_concurrent_requests: 512,
+            known_calls: Limits::default().known_calls,
             max_streams_per_connection: 128,
             max_request_bytes: 64 * 1024,
             watch: WatchOptions::default(),
@@ -271,6 +274,7 @@ impl Application {
             request_timeout: options.request_timeout,
             db_timeout: options.db_timeout,
             max_concurrent_requests: options.max_concurrent_requests,
+            known_calls: options.known_calls,
         };
         let app = App::with_limits(
             Store::new(pool),

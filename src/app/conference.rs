@@ -4,6 +4,8 @@ use crate::domain::conference::{self, NewCall};
 use crate::domain::events;
 use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
+use crate::domain::{Agent, Call, Changes};
+use crate::measure::{self, KnownUse};
 use sqlx::PgConnection;
 
 use crate::error::Error;
@@ -11,6 +13,7 @@ use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
 use crate::store::changes;
 
+use super::known::{self, CallKey, KnownCalls};
 use super::unit::Atomicity;
 use super::{
     App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
@@ -58,7 +61,7 @@ impl App {
         cmd: &StartConference,
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
-        let job = shared(ctx, cmd);
+        let (job, known) = (shared(ctx, cmd), self.known.clone());
         self.write(
             "StartConference",
             Some(agent_row(&cmd.instance_id, &cmd.user_id)),
@@ -66,8 +69,8 @@ impl App {
             Atomicity::Statement,
             idempotent,
             move |conn| {
-                let job = job.clone();
-                Box::pin(async move { try_start_conference(conn, &job.0, &job.1).await })
+                let (job, known) = (job.clone(), known.clone());
+                Box::pin(async move { try_start_conference(conn, &job.0, &job.1, &known).await })
             },
         )
         .await
@@ -79,7 +82,7 @@ impl App {
         cmd: &EndConference,
         idempotent: Option<Idempotent<CallAndAgent>>,
     ) -> Result<Done<CallAndAgent>, Error> {
-        let job = shared(ctx, cmd);
+        let (job, known) = (shared(ctx, cmd), self.known.clone());
         self.write(
             "EndConference",
             Some(call_row(&cmd.instance_id, &cmd.job_id)),
@@ -87,8 +90,8 @@ impl App {
             Atomicity::Statement,
             idempotent,
             move |conn| {
-                let job = job.clone();
-                Box::pin(async move { try_end_conference(conn, &job.0, &job.1).await })
+                let (job, known) = (job.clone(), known.clone());
+                Box::pin(async move { act_on_call(conn, &job.0, &job.1, &known).await })
             },
         )
         .await
@@ -100,7 +103,7 @@ impl App {
         cmd: &ReportChannelEvent,
         idempotent: Option<Idempotent<ReportedCall>>,
     ) -> Result<Done<ReportedCall>, Error> {
-        let job = shared(ctx, cmd);
+        let (job, known) = (shared(ctx, cmd), self.known.clone());
         self.write(
             "ReportChannelEvent",
             Some(call_row(&cmd.instance_id, &cmd.job_id)),
@@ -108,8 +111,8 @@ impl App {
             Atomicity::Statement,
             idempotent,
             move |conn| {
-                let job = job.clone();
-                Box::pin(async move { try_report_channel_event(conn, &job.0, &job.1).await })
+                let (job, known) = (job.clone(), known.clone());
+                Box::pin(async move { act_on_call(conn, &job.0, &job.1, &known).await })
             },
         )
         .await
@@ -120,6 +123,7 @@ async fn try_start_conference(
     conn: &mut PgConnection,
     ctx: &RequestContext,
     cmd: &StartConference,
+    known: &KnownCalls,
 ) -> Result<CallAndAgent, Error> {
     // Only entries shaped like an extension can name an agent.
     let extensions: Vec<Extension> = cmd
@@ -132,8 +136,9 @@ async fn try_start_conference(
         .agent(&cmd.user_id)
         .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
     let now = now();
+    let new_job = JobId::generate(now, rand::random());
     let new = NewCall {
-        job_id: JobId::generate(now, rand::random()),
+        job_id: new_job.clone(),
         now,
         timeout_seconds: cmd.timeout_seconds,
         tags: cmd.tags.clone(),
@@ -142,6 +147,9 @@ async fn try_start_conference(
     let event = change_event(ctx, "StartConference", None, &changes)?;
     let context_id =
         changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
+    if let Some(started) = known::after(&loaded.agents, &loaded.versions, &changes, context_id) {
+        known.put((cmd.instance_id.clone(), new_job), started);
+    }
     let agent = changes.agent_after(initiator).clone();
     let call = changes.call.expect("a started conference is a call");
     Ok(CallAndAgent {
@@ -151,92 +159,224 @@ async fn try_start_conference(
     })
 }
 
-async fn try_end_conference(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    cmd: &EndConference,
-) -> Result<CallAndAgent, Error> {
-    let loaded = open_call(conn, &cmd.instance_id, &cmd.job_id, Some(&cmd.user_id)).await?;
-    let leaver = loaded
-        .agent(&cmd.user_id)
-        .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
-    let call = loaded
-        .call
-        .as_ref()
-        .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
+/// An action on a call that exists: what it reads with the call and how it
+/// decides. [`act_on_call`] runs it, on the call as this replica knows it
+/// when it can.
+trait OnCall: Sync {
+    type Answer: Send;
+    const NAME: &'static str;
 
-    let Some(changes) = conference::leave(call, &loaded.agents, leaver, now())? else {
-        // Already left: a retry. Nothing to write; report what is.
-        return Ok(CallAndAgent {
-            call: call.clone(),
-            agent: leaver.clone(),
-            context_id: events::latest_context_id([
-                loaded.versions.call,
-                Some(loaded.versions.of_agent(&cmd.user_id)),
-            ]),
-        });
-    };
-    let event = change_event(
-        ctx,
-        "EndConference",
-        Some(Before {
-            call: Some(call),
-            agents: &loaded.agents,
-        }),
-        &changes,
-    )?;
-    let context_id =
-        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
-    let agent = changes.agent_after(leaver).clone();
-    let call = changes.call.expect("leaving changes the call");
-    Ok(CallAndAgent {
-        call,
-        agent,
-        context_id,
-    })
+    /// The call, by tenant first.
+    fn call(&self) -> (&InstanceId, &JobId);
+
+    /// The agent acting, read with the call's parties.
+    fn actor(&self) -> Option<&UserId>;
+
+    /// Decides on `found` (the call, its parties and the actor).
+    fn decide(&self, found: &LoadedCall) -> Result<Decided<Self::Answer>, Error>;
+
+    /// The answer once `changes`, decided on `found`, are written as event
+    /// `context_id`.
+    fn answer(&self, found: &LoadedCall, changes: Changes, context_id: i64) -> Self::Answer;
 }
 
-async fn try_report_channel_event(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    cmd: &ReportChannelEvent,
-) -> Result<ReportedCall, Error> {
-    let loaded = open_call(conn, &cmd.instance_id, &cmd.job_id, None).await?;
-    let call = loaded
+/// What an action decided.
+// Made and matched at once, never stored: boxing `Changes` would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Decided<T> {
+    /// Nothing to change (a retry): this is the answer.
+    Unchanged(T),
+    Changed(Changes),
+}
+
+/// The call and the agent found, or the documented errors for their
+/// absence.
+fn call_and_agent<'a>(
+    found: &'a LoadedCall,
+    job: &JobId,
+    user: Option<(&UserId, &InstanceId)>,
+) -> Result<(&'a Call, Option<&'a Agent>), Error> {
+    let agent = match user {
+        Some((user, instance)) => Some(
+            found
+                .agent(user)
+                .ok_or_else(|| Error::user_not_found(user, instance))?,
+        ),
+        None => None,
+    };
+    let call = found
         .call
         .as_ref()
-        .ok_or_else(|| Error::CallNotFound(cmd.job_id.to_string()))?;
-    let release_by = (
-        cmd.release_initiator.as_deref(),
-        cmd.release_reason.as_deref(),
-    );
-    let Some(changes) = conference::report(
-        call,
-        &loaded.agents,
-        &cmd.channel_id,
-        cmd.state,
-        release_by,
-        now(),
-    )?
-    else {
-        return Ok(ReportedCall {
-            call: call.clone(),
-            context_id: events::latest_context_id([loaded.versions.call]),
-        });
+        .ok_or_else(|| Error::CallNotFound(job.to_string()))?;
+    Ok((call, agent))
+}
+
+impl OnCall for EndConference {
+    type Answer = CallAndAgent;
+    const NAME: &'static str = "EndConference";
+
+    fn call(&self) -> (&InstanceId, &JobId) {
+        (&self.instance_id, &self.job_id)
+    }
+
+    fn actor(&self) -> Option<&UserId> {
+        Some(&self.user_id)
+    }
+
+    fn decide(&self, found: &LoadedCall) -> Result<Decided<CallAndAgent>, Error> {
+        let (call, leaver) = call_and_agent(
+            found,
+            &self.job_id,
+            Some((&self.user_id, &self.instance_id)),
+        )?;
+        let leaver = leaver.expect("asked for");
+        Ok(
+            match conference::leave(call, &found.agents, leaver, now())? {
+                Some(changes) => Decided::Changed(changes),
+                // Already left: a retry. Nothing to write; report what is.
+                None => Decided::Unchanged(CallAndAgent {
+                    call: call.clone(),
+                    agent: leaver.clone(),
+                    context_id: events::latest_context_id([
+                        found.versions.call,
+                        Some(found.versions.of_agent(&self.user_id)),
+                    ]),
+                }),
+            },
+        )
+    }
+
+    fn answer(&self, found: &LoadedCall, changes: Changes, context_id: i64) -> CallAndAgent {
+        let leaver = found.agent(&self.user_id).expect("decided on");
+        let agent = changes.agent_after(leaver).clone();
+        CallAndAgent {
+            call: changes.call.expect("leaving changes the call"),
+            agent,
+            context_id,
+        }
+    }
+}
+
+impl OnCall for ReportChannelEvent {
+    type Answer = ReportedCall;
+    const NAME: &'static str = "ReportChannelEvent";
+
+    fn call(&self) -> (&InstanceId, &JobId) {
+        (&self.instance_id, &self.job_id)
+    }
+
+    fn actor(&self) -> Option<&UserId> {
+        None
+    }
+
+    fn decide(&self, found: &LoadedCall) -> Result<Decided<ReportedCall>, Error> {
+        let (call, _) = call_and_agent(found, &self.job_id, None)?;
+        let release_by = (
+            self.release_initiator.as_deref(),
+            self.release_reason.as_deref(),
+        );
+        let changes = conference::report(
+            call,
+            &found.agents,
+            &self.channel_id,
+            self.state,
+            release_by,
+            now(),
+        )?;
+        Ok(match changes {
+            Some(changes) => Decided::Changed(changes),
+            None => Decided::Unchanged(ReportedCall {
+                call: call.clone(),
+                context_id: events::latest_context_id([found.versions.call]),
+            }),
+        })
+    }
+
+    fn answer(&self, _found: &LoadedCall, changes: Changes, context_id: i64) -> ReportedCall {
+        ReportedCall {
+            call: changes.call.expect("a channel event changes the call"),
+            context_id,
+        }
+    }
+}
+
+/// Runs `action` on its call. When this replica knows the call (`known`)
+/// and the action would change it, the change is written straight away,
+/// guarded: one round trip. Otherwise, or when the guard finds the call or
+/// an agent moved on since (another replica acted), the call is read and
+/// decided on afresh, as it always is for an answer that writes nothing.
+async fn act_on_call<A: OnCall>(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    action: &A,
+    known: &KnownCalls,
+) -> Result<A::Answer, Error> {
+    let (instance, job) = action.call();
+    let key = (instance.clone(), job.clone());
+    if let Some(found) = known.get(&key) {
+        let outcome = match action.decide(&found) {
+            Ok(Decided::Changed(changes)) => {
+                match write(conn, ctx, action, &found, &changes).await {
+                    Ok(context_id) => {
+                        measure::known_call(KnownUse::Hit);
+                        remember(known, key, &found, &changes, context_id);
+                        return Ok(action.answer(&found, changes, context_id));
+                    }
+                    Err(Error::Contended(_)) => KnownUse::Stale,
+                    Err(e) => {
+                        known.forget(&key);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => KnownUse::Unsure,
+        };
+        measure::known_call(outcome);
+        known.forget(&key);
+    } else {
+        measure::known_call(KnownUse::Unknown);
+    }
+
+    let found = open_call(conn, instance, job, action.actor()).await?;
+    match action.decide(&found)? {
+        Decided::Unchanged(answer) => Ok(answer),
+        Decided::Changed(changes) => {
+            let context_id = write(conn, ctx, action, &found, &changes).await?;
+            remember(known, key, &found, &changes, context_id);
+            Ok(action.answer(&found, changes, context_id))
+        }
+    }
+}
+
+/// Writes `changes` decided on `found`, guarded by its versions.
+async fn write<A: OnCall>(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    action: &A,
+    found: &LoadedCall,
+    changes: &Changes,
+) -> Result<i64, Error> {
+    let before = Before {
+        call: found.call.as_ref(),
+        agents: &found.agents,
     };
-    let event = change_event(
-        ctx,
-        "ReportChannelEvent",
-        Some(Before {
-            call: Some(call),
-            agents: &loaded.agents,
-        }),
-        &changes,
-    )?;
-    let context_id =
-        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
-    let call = changes.call.expect("a channel event changes the call");
-    Ok(ReportedCall { call, context_id })
+    let event = change_event(ctx, A::NAME, Some(before), changes)?;
+    let (instance, _) = action.call();
+    changes::apply(conn, instance, &event, changes, &found.versions).await
+}
+
+/// Keeps the call as `changes` left it, for the next action on it.
+fn remember(
+    known: &KnownCalls,
+    key: CallKey,
+    found: &LoadedCall,
+    changes: &Changes,
+    context_id: i64,
+) {
+    if let Some(changed) = known::after(&found.agents, &found.versions, changes, context_id) {
+        known.put(key, changed);
+    }
 }
 
 /// Loads the call, its channels and agents, and `actor`; fails

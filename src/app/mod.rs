@@ -9,6 +9,7 @@
 mod access;
 mod conference;
 mod events;
+mod known;
 mod provisioning;
 mod status;
 mod unit;
@@ -38,6 +39,7 @@ pub struct App {
     tokens: TokenCache,
     units: unit::Units,
     events: events::Events,
+    known: known::KnownCalls,
 }
 
 /// Who asked, under which request ID, and by when the answer is due.
@@ -81,6 +83,7 @@ impl App {
             tokens,
             units,
             events,
+            known: known::KnownCalls::new(limits.known_calls),
         }
     }
 

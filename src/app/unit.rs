@@ -53,6 +53,8 @@ pub struct Limits {
     pub db_timeout: Duration,
     /// Most requests served at once (see [`App::admit`]).
     pub max_concurrent_requests: usize,
+    /// Most calls whose state the replica keeps to decide on (`known`).
+    pub known_calls: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +63,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             db_timeout: Duration::from_secs(5),
             max_concurrent_requests: 512,
+            known_calls: 4096,
         }
     }
 }

@@ -331,12 +331,17 @@ async fn only_a_conference_can_be_left(pool: PgPool) {
     let agents = app.ready_agents(&["alice", "bob"]).await;
     let alice = &agents[0].0;
     let conf = app.answered_conference(alice, &["8002", CUSTOMER]).await;
-    // Other call types are not created through this service yet; make one.
-    sqlx::query("UPDATE calls SET call_type = 'INTERNAL' WHERE job_id = $1")
-        .bind(&conf.job_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    // Other call types are not created through this service yet; make one,
+    // moving the call's version as every writer must (docs/architecture.md).
+    sqlx::query(
+        "UPDATE calls SET call_type = 'INTERNAL', \
+                context_id = nextval(pg_get_serial_sequence('events', 'event_id')) \
+         WHERE job_id = $1",
+    )
+    .bind(&conf.job_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     let err = app.end(alice, &conf.job_id).await.unwrap_err();
 
@@ -360,13 +365,19 @@ async fn a_channel_that_never_started_cannot_be_left(pool: PgPool) {
     let (alice, bob) = (&agents[0].0, &agents[1].0);
     let conf = app.start(alice, &["8002", CUSTOMER]).await.unwrap();
     let job = conf.call_context.unwrap().job_id;
-    // No action creates a channel in NONE; a media plane's import might.
-    sqlx::query("UPDATE channels SET channel_state = 'NONE' WHERE job_id = $1 AND user_id = $2")
-        .bind(&job)
-        .bind(bob)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    // No action creates a channel in NONE; a media plane's import might,
+    // moving the call's version as every writer must (docs/architecture.md).
+    sqlx::query(
+        "WITH ch AS (UPDATE channels SET channel_state = 'NONE' \
+                     WHERE job_id = $1 AND user_id = $2 RETURNING job_id) \
+         UPDATE calls SET context_id = nextval(pg_get_serial_sequence('events', 'event_id')) \
+         WHERE job_id IN (SELECT job_id FROM ch)",
+    )
+    .bind(&job)
+    .bind(bob)
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     let err = app.end(bob, &job).await.unwrap_err();
 

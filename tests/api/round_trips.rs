@@ -4,12 +4,14 @@
 //! one round trip): the pool's handling of the connection included, sqlx's
 //! ping as a connection goes back to the pool too (which it does not after
 //! a unit that ended cleanly: `store::warm`). A count, not a timing; and
-//! the same for 3 parties as for 9.
+//! the same for 3 parties as for 9. How many depends on what the replica
+//! knows of the call (`app::known`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ccc_callcontrol::bench::relay::Relay;
+use ccc_callcontrol::proto::channel_context::ChannelState;
 use ccc_callcontrol::startup::ServeOptions;
 use sqlx::PgPool;
 use sqlx::postgres::{PgPoolOptions, PgSslMode};
@@ -27,8 +29,22 @@ async fn counted<T>(relay: &Relay, action: impl Future<Output = T>) -> (T, u64) 
     (out, trips.load(Ordering::SeqCst) - before)
 }
 
+/// How an EndConference finds its call on the counted replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// The counted replica made the call as it is (it started it and
+    /// reported its channels): decided on what it knows, written at once.
+    AsItIs,
+    /// Another replica made the call: read, then written.
+    NotAtAll,
+    /// The counted replica made the call, then another changed it: the
+    /// guarded write finds it moved on and writes nothing, then the call
+    /// is read and written.
+    Stale,
+}
+
 #[sqlx::test]
-async fn end_conference_takes_two_round_trips_whatever_the_parties(pool: PgPool) {
+async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
     let direct = (*pool.connect_options()).clone();
     let relay = Relay::start(direct.get_host(), direct.get_port())
         .await
@@ -54,6 +70,8 @@ async fn end_conference_takes_two_round_trips_whatever_the_parties(pool: PgPool)
         args,
     )
     .await;
+    // Another replica on the same database, not counted.
+    let other = spawn_app(pool.clone()).await;
     let logins: Vec<String> = (1..=9).map(|i| format!("agent{i}")).collect();
     let logins: Vec<&str> = logins.iter().map(String::as_str).collect();
     let agents = app.ready_agents(&logins).await;
@@ -62,41 +80,85 @@ async fn end_conference_takes_two_round_trips_whatever_the_parties(pool: PgPool)
     let others: Vec<&str> = agents[1..].iter().map(|a| a.1.as_str()).collect();
 
     let mut counts = Vec::new();
-    for parties in [3, 9, 3, 9] {
-        for (user, _) in &agents {
-            app.ready(user).await.unwrap();
-        }
-        let conf = app.answered_conference(lead, &others[..parties - 1]).await;
-        // Warm: the lead's token is cached, every statement prepared.
-        as_lead
-            .calls
-            .clone()
-            .poll_user_status(ccc_callcontrol::proto::PollUserStatusRequest {
-                instance_id: INSTANCE.into(),
-                user_id: String::new(),
-            })
-            .await
-            .unwrap();
+    for known in [Known::AsItIs, Known::NotAtAll, Known::Stale] {
+        for parties in [3, 9, 3, 9] {
+            for (user, _) in &agents {
+                app.ready(user).await.unwrap();
+            }
+            let maker = if known == Known::NotAtAll {
+                &other
+            } else {
+                &app
+            };
+            let conf = maker
+                .answered_conference(lead, &others[..parties - 1])
+                .await;
+            let mut left = 1;
+            if known == Known::Stale {
+                other.end(&agents[1].0, &conf.job_id).await.unwrap();
+                left = 2;
+            }
+            // Warm: the lead's token is cached, every statement prepared.
+            as_lead
+                .calls
+                .clone()
+                .poll_user_status(ccc_callcontrol::proto::PollUserStatusRequest {
+                    instance_id: INSTANCE.into(),
+                    user_id: String::new(),
+                })
+                .await
+                .unwrap();
 
-        let (left, n) = counted(&relay, end_with(&as_lead.calls, INSTANCE, "", &conf.job_id)).await;
-        left.expect("EndConference");
-        counts.push((parties, n));
-        // The others leave too, so the next round starts clean.
-        for (user, _) in &agents[1..parties] {
-            app.end(user, &conf.job_id).await.unwrap();
+            let (ended, n) =
+                counted(&relay, end_with(&as_lead.calls, INSTANCE, "", &conf.job_id)).await;
+            let ended = ended.expect("EndConference");
+            counts.push((known, parties, n));
+            // Whatever the replica knew, the answer is the call as stored.
+            let call = ended.call_context.unwrap();
+            let stored = other.stored_channels(&conf.job_id).await;
+            let released = |c: &ccc_callcontrol::proto::ChannelContext| {
+                c.channel_state == ChannelState::Released as i32
+            };
+            assert_eq!(call.channel_contexts.len(), stored.len());
+            assert_eq!(
+                call.channel_contexts.iter().filter(|c| released(c)).count(),
+                stored.iter().filter(|c| c.1 == "RELEASED").count(),
+                "{known:?}: {call:?} against {stored:?}"
+            );
+            assert!(
+                call.channel_contexts.iter().filter(|c| released(c)).count() >= left,
+                "{known:?}: the lead's and any earlier leaver's channels are released"
+            );
+            // The others leave too, so the next round starts clean.
+            for (user, _) in &agents[left..parties] {
+                app.end(user, &conf.job_id).await.unwrap();
+            }
         }
     }
 
-    println!("round trips per EndConference (parties, count): {counts:?}");
-    // The first round may still prepare statements; the steady rounds are
-    // the last two.
-    let steady = &counts[2..];
-    assert!(
-        steady.iter().all(|&(_, n)| n == 2),
-        "2 round trips per EndConference, the load and the apply: {counts:?}"
+    println!("round trips per EndConference (known, parties, count): {counts:?}");
+    let steady = |known: Known| -> Vec<u64> {
+        // The first two rounds may still prepare statements.
+        let of: Vec<u64> = counts
+            .iter()
+            .filter(|c| c.0 == known)
+            .map(|c| c.2)
+            .collect();
+        of[2..].to_vec()
+    };
+    assert_eq!(
+        steady(Known::AsItIs),
+        [1, 1],
+        "the apply alone, for 3 parties as for 9: {counts:?}"
     );
     assert_eq!(
-        steady[0].1, steady[1].1,
-        "3 parties cost what 9 do: {counts:?}"
+        steady(Known::NotAtAll),
+        [2, 2],
+        "the load and the apply, for 3 parties as for 9: {counts:?}"
+    );
+    assert_eq!(
+        steady(Known::Stale),
+        [3, 3],
+        "the apply that wrote nothing, the load and the apply: {counts:?}"
     );
 }
