@@ -133,7 +133,8 @@ pub enum KnownUse {
     /// Decided on what was known and written: one round trip.
     Hit,
     /// Decided on what was known, but another replica had changed the call
-    /// or an agent since: the guarded write wrote nothing, read afresh.
+    /// or an agent since: the guarded write wrote nothing and read the call
+    /// instead, and the action decided again (two round trips).
     Stale,
     /// Known, but what was known led to no write (a retry, a refusal),
     /// which is answered only from a fresh read.

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use crate::error::Error;
 use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
-use crate::store::changes;
+use crate::store::changes::{self, Applied};
 
 use super::known::{self, CallKey, KnownCalls};
 use super::unit::Atomicity;
@@ -303,9 +303,11 @@ impl OnCall for ReportChannelEvent {
 
 /// Runs `action` on its call. When this replica knows the call (`known`)
 /// and the action would change it, the change is written straight away,
-/// guarded: one round trip. Otherwise, or when the guard finds the call or
-/// an agent moved on since (another replica acted), the call is read and
-/// decided on afresh, as it always is for an answer that writes nothing.
+/// guarded: one round trip. When the guard finds the call or an agent
+/// moved on since (another replica acted), the same statement reads the
+/// call as stored, and the action decides again on that: two. When the
+/// call is not known, or what is known leads to no write (a repeat, a
+/// refusal: answers no guard would check), the call is read first.
 async fn act_on_call<A: OnCall>(
     conn: &mut PgConnection,
     ctx: &RequestContext,
@@ -314,16 +316,30 @@ async fn act_on_call<A: OnCall>(
 ) -> Result<A::Answer, Error> {
     let (instance, job) = action.call();
     let key = (instance.clone(), job.clone());
+    let mut stored = None;
     if let Some(found) = known.get(&key) {
         let outcome = match action.decide(&found) {
             Ok(Decided::Changed(changes)) => {
-                match write(conn, ctx, action, &found, &changes).await {
-                    Ok(context_id) => {
+                let event = event_of(ctx, A::NAME, &found, &changes)?;
+                let written = changes::apply_or_read(
+                    conn,
+                    instance,
+                    &event,
+                    &changes,
+                    &found.versions,
+                    action.actor(),
+                )
+                .await;
+                match written {
+                    Ok(Applied::Written(context_id)) => {
                         measure::known_call(KnownUse::Hit);
                         remember(known, key, &found, &changes, context_id);
                         return Ok(action.answer(&found, changes, context_id));
                     }
-                    Err(Error::Contended(_)) => KnownUse::Stale,
+                    Ok(Applied::Moved(now)) => {
+                        stored = Some(now);
+                        KnownUse::Stale
+                    }
                     Err(e) => {
                         known.forget(&key);
                         return Err(e);
@@ -338,32 +354,34 @@ async fn act_on_call<A: OnCall>(
         measure::known_call(KnownUse::Unknown);
     }
 
-    let found = open_call(conn, instance, job, action.actor()).await?;
+    let found = match stored {
+        Some(stored) => opened(*stored, instance)?,
+        None => open_call(conn, instance, job, action.actor()).await?,
+    };
     match action.decide(&found)? {
         Decided::Unchanged(answer) => Ok(answer),
         Decided::Changed(changes) => {
-            let context_id = write(conn, ctx, action, &found, &changes).await?;
+            let event = event_of(ctx, A::NAME, &found, &changes)?;
+            let context_id =
+                changes::apply(conn, instance, &event, &changes, &found.versions).await?;
             remember(known, key, &found, &changes, context_id);
             Ok(action.answer(&found, changes, context_id))
         }
     }
 }
 
-/// Writes `changes` decided on `found`, guarded by its versions.
-async fn write<A: OnCall>(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    action: &A,
+/// The event that records `changes`, decided on `found`.
+fn event_of<'a>(
+    ctx: &'a RequestContext,
+    action: &'static str,
     found: &LoadedCall,
     changes: &Changes,
-) -> Result<i64, Error> {
+) -> Result<changes::Event<'a>, Error> {
     let before = Before {
         call: found.call.as_ref(),
         agents: &found.agents,
     };
-    let event = change_event(ctx, A::NAME, Some(before), changes)?;
-    let (instance, _) = action.call();
-    changes::apply(conn, instance, &event, changes, &found.versions).await
+    change_event(ctx, action, Some(before), changes)
 }
 
 /// Keeps the call as `changes` left it, for the next action on it.
@@ -387,7 +405,11 @@ async fn open_call(
     job: &JobId,
     actor: Option<&UserId>,
 ) -> Result<LoadedCall, Error> {
-    let loaded = calls::load(conn, instance, job, actor).await?;
+    opened(calls::load(conn, instance, job, actor).await?, instance)
+}
+
+/// The call as read, or InstanceNotFound.
+fn opened(loaded: LoadedCall, instance: &InstanceId) -> Result<LoadedCall, Error> {
     if !loaded.instance_exists {
         return Err(Error::InstanceNotFound(instance.to_string()));
     }

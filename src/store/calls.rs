@@ -8,9 +8,7 @@ use crate::domain::{Agent, Call, Channel};
 use crate::error::Error;
 
 use super::changes::Versions;
-use super::rows::{
-    Row, Versioned, agent_columns, agents_and_versions, call_columns, channel_columns,
-};
+use super::rows::{Row, Versioned, agents_and_versions};
 use sqlx::PgConnection;
 
 use super::db_error;
@@ -40,36 +38,84 @@ impl LoadedCall {
 /// agents are named by one array (the parties' IDs and the actor's), so
 /// they are found by primary key: an `OR … IN (subquery)` here made
 /// PostgreSQL read every agent of the instance (`tests/api/scale.rs`).
-const LOAD: &str = concat!(
-    "WITH ch AS MATERIALIZED (
+///
+/// Written with its parameters' positions given (instance, job, actor, the
+/// live states), so the apply that reads the call when it finds it moved
+/// (`changes::apply_or_read`) reads exactly this: `call_read_cte!` is the
+/// channels' CTE, `call_read_columns!` the four columns of
+/// [`LoadColumns`].
+macro_rules! call_read_cte {
+    ($instance:literal, $job:literal) => {
+        concat!(
+            "ch AS MATERIALIZED (
          SELECT idx, user_id, channel_state, ROW(",
-    channel_columns!(),
-    ") AS r
-         FROM channels WHERE instance_id = $1 AND job_id = $2
-     )
-     SELECT
-         EXISTS (SELECT 1 FROM instances WHERE instance_id = $1),
+            crate::store::rows::channel_columns!(),
+            ") AS r
+         FROM channels WHERE instance_id = ",
+            $instance,
+            " AND job_id = ",
+            $job,
+            "
+     )"
+        )
+    };
+}
+
+/// See [`call_read_cte!`].
+macro_rules! call_read_columns {
+    ($instance:literal, $job:literal, $actor:literal, $live:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM instances WHERE instance_id = ",
+            $instance,
+            "),
          (SELECT ROW(",
-    call_columns!(),
-    ") FROM calls WHERE instance_id = $1 AND job_id = $2),
+            crate::store::rows::call_columns!(),
+            ") FROM calls WHERE instance_id = ",
+            $instance,
+            " AND job_id = ",
+            $job,
+            "),
          ARRAY(SELECT r FROM ch ORDER BY idx),
          ARRAY(SELECT ROW(",
-    agent_columns!(),
-    ") FROM agents
-               WHERE instance_id = $1
+            crate::store::rows::agent_columns!(),
+            ") FROM agents
+               WHERE instance_id = ",
+            $instance,
+            "
                  AND user_id = ANY (
-                     ARRAY(SELECT user_id FROM ch WHERE channel_state = ANY ($4)) || $3::text)
+                     ARRAY(SELECT user_id FROM ch WHERE channel_state = ANY (",
+            $live,
+            ")) || ",
+            $actor,
+            "::text)
                ORDER BY user_id)"
+        )
+    };
+}
+
+pub(crate) use {call_read_columns, call_read_cte};
+
+const LOAD: &str = concat!(
+    "WITH ",
+    call_read_cte!("$1", "$2"),
+    "
+     SELECT ",
+    call_read_columns!("$1", "$2", "$3", "$4")
 );
 
 /// What [`LOAD`] returns: whether the instance exists, the call, its
 /// channels and the agents.
-type LoadColumns = (
+pub(crate) type LoadColumns = (
     bool,
     Option<Versioned<Call>>,
     Vec<Row<Channel>>,
     Vec<Versioned<Agent>>,
 );
+
+/// The states in which a channel's agent is read with the call.
+pub(crate) fn live_states() -> Vec<&'static str> {
+    ChannelState::LIVE.iter().map(|s| s.as_str()).collect()
+}
 
 /// Reads call `job` of `instance` with its channels, the agent `actor` (if
 /// given) and every agent with a live channel in the call.
@@ -79,8 +125,8 @@ pub async fn load(
     job: &JobId,
     actor: Option<&UserId>,
 ) -> Result<LoadedCall, Error> {
-    let live: Vec<&str> = ChannelState::LIVE.iter().map(|s| s.as_str()).collect();
-    let (instance_exists, call, channels, agents): LoadColumns = sqlx::query_as(LOAD)
+    let live = live_states();
+    let columns: LoadColumns = sqlx::query_as(LOAD)
         .bind(instance.as_str())
         .bind(job.as_str())
         .bind(actor.map(UserId::as_str))
@@ -88,10 +134,15 @@ pub async fn load(
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
+    Ok(loaded(columns))
+}
 
+/// The call as [`LOAD`] (or the same read in another statement) found it.
+pub(crate) fn loaded(columns: LoadColumns) -> LoadedCall {
+    let (instance_exists, call, channels, agents) = columns;
     let call_version = call.as_ref().map(|c| c.version);
     let (agents, agent_versions) = agents_and_versions(agents);
-    Ok(LoadedCall {
+    LoadedCall {
         instance_exists,
         call: call.map(|c| c.into_call(channels)),
         agents,
@@ -99,5 +150,5 @@ pub async fn load(
             call: call_version,
             agents: agent_versions,
         },
-    })
+    }
 }

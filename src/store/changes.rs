@@ -7,13 +7,16 @@ use serde::Serialize;
 use sqlx::encode::{Encode, IsNull};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo};
+use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
+use sqlx::query::QueryAs;
 use sqlx::{PgConnection, Postgres, Type};
 
 use crate::domain::ids::{InstanceId, UserId};
-use crate::domain::{Agent, Changes, Channel};
+use crate::domain::{Agent, Call, Changes, Channel};
 use crate::error::Error;
 
+use super::calls::{LoadedCall, live_states, loaded};
+use super::rows::{Row, Versioned};
 use super::{db_error, unique_violation};
 
 /// The event row an action appends: who did what, and the changed state
@@ -106,6 +109,20 @@ impl Versions {
 /// mismatch with the decision is caught.
 macro_rules! apply {
     ($call_rows:expr, $chan:expr) => {
+        apply!(
+            $call_rows,
+            $chan,
+            "",
+            r#"
+SELECT ev.event_id,
+       (SELECT count(*) FROM call_rows),
+       (SELECT count(*) FROM chan),
+       (SELECT count(*) FROM ag)
+FROM ev
+"#
+        )
+    };
+    ($call_rows:expr, $chan:expr, $more:expr, $result:expr) => {
         concat!(
             r#"
 WITH gc AS MATERIALIZED (
@@ -141,13 +158,9 @@ WITH gc AS MATERIALIZED (
          ev
     WHERE agents.instance_id = $1 AND agents.user_id = u.user_id
     RETURNING 1
-)
-SELECT ev.event_id,
-       (SELECT count(*) FROM call_rows),
-       (SELECT count(*) FROM chan),
-       (SELECT count(*) FROM ag)
-FROM ev
-"#
+)"#,
+            $more,
+            $result
         )
     };
 }
@@ -172,6 +185,17 @@ macro_rules! upsert_channels {
     };
 }
 
+/// Updates a call that exists.
+macro_rules! update_call {
+    () => {
+        r#"
+    UPDATE calls SET ended_at = $14, context_id = ev.event_id
+    FROM ev
+    WHERE calls.instance_id = $1 AND calls.job_id = $5
+    RETURNING 1"#
+    };
+}
+
 /// A change that creates its call (StartConference).
 const APPLY_NEW_CALL: &str = apply!(
     r#"
@@ -183,13 +207,35 @@ const APPLY_NEW_CALL: &str = apply!(
 );
 
 /// A change to a call that exists (EndConference, ReportChannelEvent).
-const APPLY_CALL: &str = apply!(
-    r#"
-    UPDATE calls SET ended_at = $14, context_id = ev.event_id
-    FROM ev
-    WHERE calls.instance_id = $1 AND calls.job_id = $5
-    RETURNING 1"#,
-    upsert_channels!()
+const APPLY_CALL: &str = apply!(update_call!(), upsert_channels!());
+
+/// [`APPLY_CALL`] for a change decided on a call as the replica knew it
+/// (`app::known`): when the guard finds the call or an agent moved on, the
+/// statement reads the call instead, as `store::calls::load` does (`$34`
+/// the actor, `$35` the live states), so deciding again costs no second
+/// read. Exactly one row: the write's (event ID and counts) or the read's.
+/// The read sees the statement's snapshot: a write that committed while
+/// the guard waited for its lock is not in it, and the next guarded write
+/// finds that out.
+const APPLY_CALL_OR_READ: &str = apply!(
+    update_call!(),
+    upsert_channels!(),
+    concat!(", ", crate::store::calls::call_read_cte!("$1", "$5")),
+    concat!(
+        r#"
+SELECT ev.event_id,
+       (SELECT count(*) FROM call_rows),
+       (SELECT count(*) FROM chan),
+       (SELECT count(*) FROM ag),
+       NULL::bool, NULL::record, NULL::record[], NULL::record[]
+FROM ev
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, "#,
+        crate::store::calls::call_read_columns!("$1", "$5", "$34", "$35"),
+        r#"
+FROM ok WHERE NOT ok.ok
+"#
+    )
 );
 
 /// A change of agents only (ReadyForService).
@@ -205,55 +251,14 @@ pub async fn apply(
     changes: &Changes,
     read: &Versions,
 ) -> Result<i64, Error> {
-    let call = changes.call.as_ref();
-    let statement = match (call, changes.call_created) {
+    let statement = match (&changes.call, changes.call_created) {
         (None, _) => APPLY_NO_CALL,
         (Some(_), true) => APPLY_NEW_CALL,
         (Some(_), false) => APPLY_CALL,
     };
-    let user_ids: Vec<&str> = changes.agents.iter().map(|a| a.user_id.as_str()).collect();
-    let ch = ChannelColumns::of(changes.changed_channels());
-    let ag = AgentColumns::of(&changes.agents);
-
-    let (read_agents, read_agent_versions): (Vec<&str>, Vec<i64>) = read
-        .agents
-        .iter()
-        .map(|(user, version)| (user.as_str(), *version))
-        .unzip();
-    let written: Option<(i64, i64, i64, i64)> = sqlx::query_as(statement)
-        .bind(instance.as_str())
-        .bind(event.request_id)
-        .bind(event.action)
-        .bind(event.actor)
-        .bind(call.map(|c| c.job_id.as_str()))
-        .bind(&user_ids)
-        .bind(event.before.as_ref())
-        .bind(&event.after)
-        .bind(call.map(|c| c.call_type.as_str()))
-        .bind(call.map(|c| c.initiator.as_str()))
-        .bind(call.map(|c| c.tags.as_str()))
-        .bind(call.map(|c| c.timeout_seconds))
-        .bind(call.map(|c| c.created_at))
-        .bind(call.and_then(|c| c.ended_at))
-        .bind(&ch.channel_id)
-        .bind(&ch.idx)
-        .bind(&ch.user_id)
-        .bind(&ch.user_extension)
-        .bind(&ch.originator)
-        .bind(&ch.destination)
-        .bind(&ch.state)
-        .bind(&ch.call_type)
-        .bind(&ch.release_initiator)
-        .bind(&ch.release_reason)
-        .bind(&ch.changed_at)
-        .bind(&ag.user_id)
-        .bind(&ag.user_state)
-        .bind(&ag.job_id)
-        .bind(&ag.break_code)
-        .bind(&ag.outbound_scenario)
-        .bind(read.call)
-        .bind(&read_agents)
-        .bind(&read_agent_versions)
+    let params = Params::of(instance, event, changes, read);
+    let written: Option<(i64, i64, i64, i64)> = params
+        .bind(sqlx::query_as(statement))
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| match unique_violation(&e) {
@@ -264,27 +269,184 @@ pub async fn apply(
             _ => db_error(e),
         })?;
     let Some((event_id, calls, channels, agents)) = written else {
-        return Err(Error::Contended(anyhow::anyhow!(
-            "{}: the rows changed after they were read",
-            event.action
-        )));
+        return Err(moved(event));
     };
+    check_written(event, changes, (calls, channels, agents))?;
+    Ok(event_id)
+}
 
+/// What [`apply_or_read`] did.
+#[derive(Debug)]
+pub enum Applied {
+    /// Written, as this event: the new ContextId.
+    Written(i64),
+    /// Nothing written: the call or an agent had moved on. The call as the
+    /// statement found it, to decide again on.
+    Moved(Box<LoadedCall>),
+}
+
+/// [`apply`] for `changes` to a call that exists, decided on what the
+/// replica knew of it (`read`): if the rows moved on, the same statement
+/// reads the call, its channels, `actor` and the agents of live channels.
+pub async fn apply_or_read(
+    conn: &mut PgConnection,
+    instance: &InstanceId,
+    event: &Event<'_>,
+    changes: &Changes,
+    read: &Versions,
+    actor: Option<&UserId>,
+) -> Result<Applied, Error> {
+    if changes.call.is_none() || changes.call_created {
+        return apply(conn, instance, event, changes, read)
+            .await
+            .map(Applied::Written);
+    }
+    let params = Params::of(instance, event, changes, read);
+    let live = live_states();
+    let row: WrittenOrRead = params
+        .bind(sqlx::query_as(APPLY_CALL_OR_READ))
+        .bind(actor.map(UserId::as_str))
+        .bind(&live)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    match row {
+        (Some(event_id), Some(calls), Some(channels), Some(agents), ..) => {
+            check_written(event, changes, (calls, channels, agents))?;
+            Ok(Applied::Written(event_id))
+        }
+        (None, _, _, _, Some(exists), call, Some(channels), Some(agents)) => Ok(Applied::Moved(
+            Box::new(loaded((exists, call, channels, agents))),
+        )),
+        _ => Err(Error::Internal(anyhow::anyhow!(
+            "{}: the guarded write neither wrote nor read",
+            event.action
+        ))),
+    }
+}
+
+/// What [`APPLY_CALL_OR_READ`] returns: the write's event ID and counts,
+/// or the read's columns (`store::calls::LoadColumns`).
+type WrittenOrRead = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+    Option<Versioned<Call>>,
+    Option<Vec<Row<Channel>>>,
+    Option<Vec<Versioned<Agent>>>,
+);
+
+/// The rows had moved on: nothing was written.
+fn moved(event: &Event<'_>) -> Error {
+    Error::Contended(anyhow::anyhow!(
+        "{}: the rows changed after they were read",
+        event.action
+    ))
+}
+
+/// Fails if what was written is not what was decided.
+fn check_written(
+    event: &Event<'_>,
+    changes: &Changes,
+    written: (i64, i64, i64),
+) -> Result<(), Error> {
     let expected = (
-        i64::from(call.is_some()),
+        i64::from(changes.call.is_some()),
         changes.channels.len() as i64,
         changes.agents.len() as i64,
     );
-    if (calls, channels, agents) != expected {
+    if written != expected {
         return Err(Error::Internal(anyhow::anyhow!(
             "{}: wrote (calls, channels, agents) = {:?}, decided {:?}",
             event.action,
-            (calls, channels, agents),
+            written,
             expected
         )));
     }
     crate::measure::event_appended(event.action);
-    Ok(event_id)
+    Ok(())
+}
+
+/// The parameters `$1`–`$33` every apply statement takes, as bound.
+struct Params<'a> {
+    instance: &'a InstanceId,
+    event: &'a Event<'a>,
+    call: Option<&'a Call>,
+    user_ids: Vec<&'a str>,
+    ch: ChannelColumns<'a>,
+    ag: AgentColumns<'a>,
+    read_call: Option<i64>,
+    read_agents: Vec<&'a str>,
+    read_agent_versions: Vec<i64>,
+}
+
+impl<'a> Params<'a> {
+    fn of(
+        instance: &'a InstanceId,
+        event: &'a Event<'a>,
+        changes: &'a Changes,
+        read: &'a Versions,
+    ) -> Self {
+        let (read_agents, read_agent_versions) = read
+            .agents
+            .iter()
+            .map(|(user, version)| (user.as_str(), *version))
+            .unzip();
+        Self {
+            instance,
+            event,
+            call: changes.call.as_ref(),
+            user_ids: changes.agents.iter().map(|a| a.user_id.as_str()).collect(),
+            ch: ChannelColumns::of(changes.changed_channels()),
+            ag: AgentColumns::of(&changes.agents),
+            read_call: read.call,
+            read_agents,
+            read_agent_versions,
+        }
+    }
+
+    fn bind<'q, O>(
+        &'q self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        let (call, ch, ag, event) = (self.call, &self.ch, &self.ag, self.event);
+        query
+            .bind(self.instance.as_str())
+            .bind(event.request_id)
+            .bind(event.action)
+            .bind(event.actor)
+            .bind(call.map(|c| c.job_id.as_str()))
+            .bind(&self.user_ids)
+            .bind(event.before.as_ref())
+            .bind(&event.after)
+            .bind(call.map(|c| c.call_type.as_str()))
+            .bind(call.map(|c| c.initiator.as_str()))
+            .bind(call.map(|c| c.tags.as_str()))
+            .bind(call.map(|c| c.timeout_seconds))
+            .bind(call.map(|c| c.created_at))
+            .bind(call.and_then(|c| c.ended_at))
+            .bind(&ch.channel_id)
+            .bind(&ch.idx)
+            .bind(&ch.user_id)
+            .bind(&ch.user_extension)
+            .bind(&ch.originator)
+            .bind(&ch.destination)
+            .bind(&ch.state)
+            .bind(&ch.call_type)
+            .bind(&ch.release_initiator)
+            .bind(&ch.release_reason)
+            .bind(&ch.changed_at)
+            .bind(&ag.user_id)
+            .bind(&ag.user_state)
+            .bind(&ag.job_id)
+            .bind(&ag.break_code)
+            .bind(&ag.outbound_scenario)
+            .bind(self.read_call)
+            .bind(&self.read_agents)
+            .bind(&self.read_agent_versions)
+    }
 }
 
 /// Channels as parallel arrays, for `unnest`.
