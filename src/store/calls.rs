@@ -95,6 +95,7 @@ macro_rules! call_read_columns {
 
 pub(crate) use {call_read_columns, call_read_cte};
 
+/// The read itself, on its own.
 const LOAD: &str = concat!(
     "WITH ",
     call_read_cte!("$1", "$2"),

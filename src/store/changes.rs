@@ -1,7 +1,9 @@
 //! Writing what an action decided: the call (new or updated), the channels
 //! that changed, the agents that changed and the event row that records it,
 //! all in one statement, guarded: it writes only if the rows the decision
-//! was made on are as they were read ([`Versions`]).
+//! was made on are as they were read ([`Versions`]). For a decision made on
+//! what the replica knew, the statement reads the call instead when they
+//! are not ([`apply_or_read`]).
 
 use serde::Serialize;
 use sqlx::encode::{Encode, IsNull};
