@@ -1,4 +1,6 @@
-//! StartConference, EndConference and ReportChannelEvent.
+//! StartConference, EndConference and ReportChannelEvent. The two actions
+//! on a call that exists run through [`act_on_call`], which decides on the
+//! call as this replica last wrote it when it can (`super::known`).
 
 use crate::domain::conference::{self, NewCall};
 use crate::domain::events;
@@ -191,7 +193,7 @@ enum Decided<T> {
 }
 
 /// The call and the agent found, or the documented errors for their
-/// absence.
+/// absence, in the documented order (the agent's first).
 fn call_and_agent<'a>(
     found: &'a LoadedCall,
     job: &JobId,

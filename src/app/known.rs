@@ -1,15 +1,16 @@
-//! The calls this replica knows: for each call it last wrote (or read),
-//! the state and versions as of that moment, so that the next action on
-//! the call can be decided without reading it first.
+//! The calls this replica knows: for each call it wrote last, the state
+//! and versions that write left, so that the next action on the call can
+//! be decided without reading it first.
 //!
 //! Knowing is never trusting. A decision made on a known call is only
 //! written through the guarded apply (`store::changes`), which writes
 //! nothing unless the call and every agent the decision read are still at
 //! the versions known; every write to those rows moves their version. So
-//! a stale entry costs a wasted statement, never a wrong write. And only
-//! writes are decided this way: an answer that writes nothing (a retry,
-//! a refusal) is always made from a fresh read, since no guard would
-//! catch it being stale.
+//! a stale entry costs a statement that writes nothing (and reads the call
+//! as stored instead, `changes::apply_or_read`), never a wrong write. And
+//! only writes are decided this way: an answer that writes nothing (a
+//! retry, a refusal) is always made from a fresh read, since no guard
+//! would catch it being stale.
 //!
 //! Bounded: the least recently used call is forgotten first.
 
@@ -67,12 +68,11 @@ impl KnownCalls {
         let Some(entries) = &self.entries else {
             return;
         };
-        let ended = call.call.as_ref().is_none_or(|c| c.ended_at.is_some());
-        let mut entries = lock(entries);
-        if ended {
-            entries.remove(&key);
+        if call.call.as_ref().is_none_or(|c| c.ended_at.is_some()) {
+            lock(entries).remove(&key);
         } else {
-            entries.insert(key, Arc::new(call));
+            let call = Arc::new(call);
+            lock(entries).insert(key, call);
         }
     }
 
