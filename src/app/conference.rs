@@ -6,7 +6,7 @@ use crate::domain::conference::{self, NewCall};
 use crate::domain::events;
 use crate::domain::ids::{ChannelId, Extension, InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
-use crate::domain::{Agent, Call, Changes};
+use crate::domain::{Call, Changes};
 use crate::measure::{self, KnownUse};
 use sqlx::PgConnection;
 
@@ -15,7 +15,7 @@ use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
 use crate::store::changes::{self, Applied};
 
-use super::known::{self, CallKey, KnownCalls};
+use super::known::KnownCalls;
 use super::unit::Atomicity;
 use super::{
     App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
@@ -149,9 +149,8 @@ async fn try_start_conference(
     let event = change_event(ctx, "StartConference", None, &changes)?;
     let context_id =
         changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
-    if let Some(started) = known::after(&loaded.agents, &loaded.versions, &changes, context_id) {
-        known.put((cmd.instance_id.clone(), new_job), started);
-    }
+    let key = (cmd.instance_id.clone(), new_job);
+    known.remember(key, &loaded.agents, &loaded.versions, &changes, context_id);
     let agent = changes.agent_after(initiator).clone();
     let call = changes.call.expect("a started conference is a call");
     Ok(CallAndAgent {
@@ -192,26 +191,12 @@ enum Decided<T> {
     Changed(Changes),
 }
 
-/// The call and the agent found, or the documented errors for their
-/// absence, in the documented order (the agent's first).
-fn call_and_agent<'a>(
-    found: &'a LoadedCall,
-    job: &JobId,
-    user: Option<(&UserId, &InstanceId)>,
-) -> Result<(&'a Call, Option<&'a Agent>), Error> {
-    let agent = match user {
-        Some((user, instance)) => Some(
-            found
-                .agent(user)
-                .ok_or_else(|| Error::user_not_found(user, instance))?,
-        ),
-        None => None,
-    };
-    let call = found
+/// The call found, or CallNotFound.
+fn found_call<'a>(found: &'a LoadedCall, job: &JobId) -> Result<&'a Call, Error> {
+    found
         .call
         .as_ref()
-        .ok_or_else(|| Error::CallNotFound(job.to_string()))?;
-    Ok((call, agent))
+        .ok_or_else(|| Error::CallNotFound(job.to_string()))
 }
 
 impl OnCall for EndConference {
@@ -227,12 +212,11 @@ impl OnCall for EndConference {
     }
 
     fn decide(&self, found: &LoadedCall) -> Result<Decided<CallAndAgent>, Error> {
-        let (call, leaver) = call_and_agent(
-            found,
-            &self.job_id,
-            Some((&self.user_id, &self.instance_id)),
-        )?;
-        let leaver = leaver.expect("asked for");
+        // The documented order: the agent's absence first, then the call's.
+        let leaver = found
+            .agent(&self.user_id)
+            .ok_or_else(|| Error::user_not_found(&self.user_id, &self.instance_id))?;
+        let call = found_call(found, &self.job_id)?;
         Ok(
             match conference::leave(call, &found.agents, leaver, now())? {
                 Some(changes) => Decided::Changed(changes),
@@ -273,7 +257,7 @@ impl OnCall for ReportChannelEvent {
     }
 
     fn decide(&self, found: &LoadedCall) -> Result<Decided<ReportedCall>, Error> {
-        let (call, _) = call_and_agent(found, &self.job_id, None)?;
+        let call = found_call(found, &self.job_id)?;
         let release_by = (
             self.release_initiator.as_deref(),
             self.release_reason.as_deref(),
@@ -318,46 +302,36 @@ async fn act_on_call<A: OnCall>(
 ) -> Result<A::Answer, Error> {
     let (instance, job) = action.call();
     let key = (instance.clone(), job.clone());
-    let mut stored = None;
-    if let Some(found) = known.get(&key) {
-        let outcome = match action.decide(&found) {
+    let stored = match known.take(&key) {
+        None => {
+            measure::known_call(KnownUse::Unknown);
+            None
+        }
+        Some(found) => match action.decide(&found) {
             Ok(Decided::Changed(changes)) => {
                 let event = event_of(ctx, A::NAME, &found, &changes)?;
-                let written = changes::apply_or_read(
-                    conn,
-                    instance,
-                    &event,
-                    &changes,
-                    &found.versions,
-                    action.actor(),
-                )
-                .await;
-                match written {
-                    Ok(Applied::Written(context_id)) => {
+                let (read, actor) = (&found.versions, action.actor());
+                match changes::apply_or_read(conn, instance, &event, &changes, read, actor).await? {
+                    Applied::Written(context_id) => {
                         measure::known_call(KnownUse::Hit);
-                        remember(known, key, &found, &changes, context_id);
+                        known.remember(key, &found.agents, read, &changes, context_id);
                         return Ok(action.answer(&found, changes, context_id));
                     }
-                    Ok(Applied::Moved(now)) => {
-                        stored = Some(now);
-                        KnownUse::Stale
-                    }
-                    Err(e) => {
-                        known.forget(&key);
-                        return Err(e);
+                    Applied::Moved(stored) => {
+                        measure::known_call(KnownUse::Stale);
+                        Some(*stored)
                     }
                 }
             }
-            _ => KnownUse::Unsure,
-        };
-        measure::known_call(outcome);
-        known.forget(&key);
-    } else {
-        measure::known_call(KnownUse::Unknown);
-    }
+            _ => {
+                measure::known_call(KnownUse::Unsure);
+                None
+            }
+        },
+    };
 
     let found = match stored {
-        Some(stored) => opened(*stored, instance)?,
+        Some(stored) => opened(stored, instance)?,
         None => open_call(conn, instance, job, action.actor()).await?,
     };
     match action.decide(&found)? {
@@ -366,7 +340,7 @@ async fn act_on_call<A: OnCall>(
             let event = event_of(ctx, A::NAME, &found, &changes)?;
             let context_id =
                 changes::apply(conn, instance, &event, &changes, &found.versions).await?;
-            remember(known, key, &found, &changes, context_id);
+            known.remember(key, &found.agents, &found.versions, &changes, context_id);
             Ok(action.answer(&found, changes, context_id))
         }
     }
@@ -384,19 +358,6 @@ fn event_of<'a>(
         agents: &found.agents,
     };
     change_event(ctx, action, Some(before), changes)
-}
-
-/// Keeps the call as `changes` left it, for the next action on it.
-fn remember(
-    known: &KnownCalls,
-    key: CallKey,
-    found: &LoadedCall,
-    changes: &Changes,
-    context_id: i64,
-) {
-    if let Some(changed) = known::after(&found.agents, &found.versions, changes, context_id) {
-        known.put(key, changed);
-    }
 }
 
 /// Loads the call, its channels and agents, and `actor`; fails

@@ -58,13 +58,32 @@ impl KnownCalls {
         }
     }
 
-    pub(super) fn get(&self, key: &CallKey) -> Option<Arc<LoadedCall>> {
-        lock(self.entries.as_ref()?).get(key).cloned()
+    /// The call as known, forgotten until [`KnownCalls::remember`] keeps
+    /// it again: whatever else the action finds (a stale entry, a refusal,
+    /// a failure), what was known is of no more use.
+    pub(super) fn take(&self, key: &CallKey) -> Option<Arc<LoadedCall>> {
+        lock(self.entries.as_ref()?).remove(key)
+    }
+
+    /// Keeps the call as `changes` (decided on `agents` read at `versions`)
+    /// left it once written by event `context_id`, for the next action on
+    /// it.
+    pub(super) fn remember(
+        &self,
+        key: CallKey,
+        agents: &[Agent],
+        versions: &Versions,
+        changes: &Changes,
+        context_id: i64,
+    ) {
+        if let Some(call) = after(agents, versions, changes, context_id) {
+            self.put(key, call);
+        }
     }
 
     /// Remembers `call` as it is now; an ended call is forgotten instead,
     /// since nothing more can be decided on it.
-    pub(super) fn put(&self, key: CallKey, call: LoadedCall) {
+    fn put(&self, key: CallKey, call: LoadedCall) {
         let Some(entries) = &self.entries else {
             return;
         };
@@ -75,12 +94,6 @@ impl KnownCalls {
             lock(entries).insert(key, call);
         }
     }
-
-    pub(super) fn forget(&self, key: &CallKey) {
-        if let Some(entries) = &self.entries {
-            lock(entries).remove(key);
-        }
-    }
 }
 
 /// The call as it is once `changes`, decided on `agents` read at
@@ -88,7 +101,7 @@ impl KnownCalls {
 /// the agents a fresh read would return for an action on it (those with a
 /// live channel, as `store::calls::load` picks them), each at its version.
 /// `None` if the changes hold no call.
-pub(super) fn after(
+fn after(
     agents: &[Agent],
     versions: &Versions,
     changes: &Changes,
@@ -224,15 +237,17 @@ mod tests {
         let known = KnownCalls::new(2);
         known.put(key("j1"), loaded(false));
         known.put(key("j2"), loaded(false));
-        assert!(known.get(&key("j1")).is_some());
+        // Used: taken and kept again, as an action does.
+        let j1 = known.take(&key("j1")).unwrap();
+        known.put(key("j1"), LoadedCall::clone(&j1));
         known.put(key("j3"), loaded(false));
 
         assert!(
-            known.get(&key("j2")).is_none(),
+            known.take(&key("j2")).is_none(),
             "j2 was used least recently"
         );
-        assert!(known.get(&key("j1")).is_some());
-        assert!(known.get(&key("j3")).is_some());
+        assert!(known.take(&key("j1")).is_some());
+        assert!(known.take(&key("j3")).is_some());
     }
 
     #[test]
@@ -240,7 +255,7 @@ mod tests {
         let known = KnownCalls::new(2);
         known.put(key("j1"), loaded(false));
         known.put(key("j1"), loaded(true));
-        assert!(known.get(&key("j1")).is_none());
+        assert!(known.take(&key("j1")).is_none());
     }
 
     #[test]
@@ -248,13 +263,13 @@ mod tests {
         let known = KnownCalls::new(2);
         known.put(key("j1"), loaded(false));
         let other = (InstanceId::from_trusted("other"), JobId::from_trusted("j1"));
-        assert!(known.get(&other).is_none());
+        assert!(known.take(&other).is_none());
     }
 
     #[test]
     fn a_replica_told_to_know_none_knows_none() {
         let known = KnownCalls::new(0);
         known.put(key("j1"), loaded(false));
-        assert!(known.get(&key("j1")).is_none());
+        assert!(known.take(&key("j1")).is_none());
     }
 }

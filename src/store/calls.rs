@@ -2,6 +2,8 @@
 //! agents the action may move, as of one snapshot and without locks (the
 //! write that follows checks they did not change: `changes::apply`).
 
+use std::sync::LazyLock;
+
 use crate::domain::ids::{InstanceId, JobId, UserId};
 use crate::domain::states::ChannelState;
 use crate::domain::{Agent, Call, Channel};
@@ -14,7 +16,7 @@ use sqlx::PgConnection;
 use super::db_error;
 
 /// Everything a call action decides on, as of one snapshot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LoadedCall {
     pub instance_exists: bool,
     pub call: Option<Call>,
@@ -113,10 +115,10 @@ pub(crate) type LoadColumns = (
     Vec<Versioned<Agent>>,
 );
 
-/// The states in which a channel's agent is read with the call.
-pub(crate) fn live_states() -> Vec<&'static str> {
-    ChannelState::LIVE.iter().map(|s| s.as_str()).collect()
-}
+/// The states in which a channel's agent is read with the call, as bound:
+/// made once, not on every action.
+pub(crate) static LIVE_STATES: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| ChannelState::LIVE.iter().map(|s| s.as_str()).collect());
 
 /// Reads call `job` of `instance` with its channels, the agent `actor` (if
 /// given) and every agent with a live channel in the call.
@@ -126,12 +128,11 @@ pub async fn load(
     job: &JobId,
     actor: Option<&UserId>,
 ) -> Result<LoadedCall, Error> {
-    let live = live_states();
     let columns: LoadColumns = sqlx::query_as(LOAD)
         .bind(instance.as_str())
         .bind(job.as_str())
         .bind(actor.map(UserId::as_str))
-        .bind(&live)
+        .bind(&*LIVE_STATES)
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;

@@ -17,7 +17,7 @@ use crate::domain::ids::{InstanceId, UserId};
 use crate::domain::{Agent, Call, Changes, Channel};
 use crate::error::Error;
 
-use super::calls::{LoadedCall, live_states, loaded};
+use super::calls::{LIVE_STATES, LoadedCall, loaded};
 use super::rows::{Row, Versioned};
 use super::{db_error, unique_violation};
 
@@ -115,13 +115,7 @@ macro_rules! apply {
             $call_rows,
             $chan,
             "",
-            r#"
-SELECT ev.event_id,
-       (SELECT count(*) FROM call_rows),
-       (SELECT count(*) FROM chan),
-       (SELECT count(*) FROM ag)
-FROM ev
-"#
+            concat!(written_row!(), "\nFROM ev\n")
         )
     };
     ($call_rows:expr, $chan:expr, $more:expr, $result:expr) => {
@@ -164,6 +158,17 @@ WITH gc AS MATERIALIZED (
             $more,
             $result
         )
+    };
+}
+
+/// What a write returns: the event's ID and the rows each part wrote.
+macro_rules! written_row {
+    () => {
+        r#"
+SELECT ev.event_id,
+       (SELECT count(*) FROM call_rows),
+       (SELECT count(*) FROM chan),
+       (SELECT count(*) FROM ag)"#
     };
 }
 
@@ -224,11 +229,8 @@ const APPLY_CALL_OR_READ: &str = apply!(
     upsert_channels!(),
     concat!(", ", crate::store::calls::call_read_cte!("$1", "$5")),
     concat!(
-        r#"
-SELECT ev.event_id,
-       (SELECT count(*) FROM call_rows),
-       (SELECT count(*) FROM chan),
-       (SELECT count(*) FROM ag),
+        written_row!(),
+        r#",
        NULL::bool, NULL::record, NULL::record[], NULL::record[]
 FROM ev
 UNION ALL
@@ -290,6 +292,8 @@ pub enum Applied {
 /// [`apply`] for `changes` to a call that exists, decided on what the
 /// replica knew of it (`read`): if the rows moved on, the same statement
 /// reads the call, its channels, `actor` and the agents of live channels.
+/// (A new call, or none, is not for it: it would be written as an update
+/// and fail the count check.)
 pub async fn apply_or_read(
     conn: &mut PgConnection,
     instance: &InstanceId,
@@ -298,17 +302,11 @@ pub async fn apply_or_read(
     read: &Versions,
     actor: Option<&UserId>,
 ) -> Result<Applied, Error> {
-    if changes.call.is_none() || changes.call_created {
-        return apply(conn, instance, event, changes, read)
-            .await
-            .map(Applied::Written);
-    }
     let params = Params::of(instance, event, changes, read);
-    let live = live_states();
     let row: WrittenOrRead = params
         .bind(sqlx::query_as(APPLY_CALL_OR_READ))
         .bind(actor.map(UserId::as_str))
-        .bind(&live)
+        .bind(&*LIVE_STATES)
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
