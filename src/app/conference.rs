@@ -290,9 +290,11 @@ impl OnCall for ReportChannelEvent {
 /// Runs `action` on its call. When this replica knows the call (`known`)
 /// and the action would change it, the change is written straight away,
 /// guarded: one round trip. When the guard finds the call or an agent
-/// moved on since (another replica acted), the same statement reads the
-/// call as stored, and the action decides again on that: two. When the
-/// call is not known, or what is known leads to no write (a repeat, a
+/// moved on since (another replica acted), the call is read as stored and
+/// the action decides again on that: by the same statement when known
+/// calls have lately been stale (two round trips), by a read of its own
+/// when they have not (three, but the usual write carries no read). When
+/// the call is not known, or what is known leads to no write (a repeat, a
 /// refusal: answers no guard would check), the call is read first.
 async fn act_on_call<A: OnCall>(
     conn: &mut PgConnection,
@@ -311,15 +313,22 @@ async fn act_on_call<A: OnCall>(
             Ok(Decided::Changed(changes)) => {
                 let event = event_of(ctx, A::NAME, &found, &changes)?;
                 let (read, actor) = (&found.versions, action.actor());
-                match changes::apply_or_read(conn, instance, &event, &changes, read, actor).await? {
+                let applied = if known.expect_stale() {
+                    changes::apply_or_read(conn, instance, &event, &changes, read, actor).await?
+                } else {
+                    changes::apply_if_current(conn, instance, &event, &changes, read).await?
+                };
+                match applied {
                     Applied::Written(context_id) => {
                         measure::known_call(KnownUse::Hit);
+                        known.found(false);
                         known.remember(key, &found.agents, read, &changes, context_id);
                         return Ok(action.answer(&found, changes, context_id));
                     }
                     Applied::Moved(stored) => {
                         measure::known_call(KnownUse::Stale);
-                        Some(*stored)
+                        known.found(true);
+                        stored.map(|stored| *stored)
                     }
                 }
             }

@@ -255,6 +255,21 @@ pub async fn apply(
     changes: &Changes,
     read: &Versions,
 ) -> Result<i64, Error> {
+    match apply_if_current(conn, instance, event, changes, read).await? {
+        Applied::Written(event_id) => Ok(event_id),
+        Applied::Moved(_) => Err(moved(event)),
+    }
+}
+
+/// [`apply`], with the rows having moved on an answer rather than an
+/// error: [`Applied::Moved`] without the call.
+pub async fn apply_if_current(
+    conn: &mut PgConnection,
+    instance: &InstanceId,
+    event: &Event<'_>,
+    changes: &Changes,
+    read: &Versions,
+) -> Result<Applied, Error> {
     let statement = match (&changes.call, changes.call_created) {
         (None, _) => APPLY_NO_CALL,
         (Some(_), true) => APPLY_NEW_CALL,
@@ -273,20 +288,21 @@ pub async fn apply(
             _ => db_error(e),
         })?;
     let Some((event_id, calls, channels, agents)) = written else {
-        return Err(moved(event));
+        return Ok(Applied::Moved(None));
     };
     check_written(event, changes, (calls, channels, agents))?;
-    Ok(event_id)
+    Ok(Applied::Written(event_id))
 }
 
-/// What [`apply_or_read`] did.
+/// What a guarded write did.
 #[derive(Debug)]
 pub enum Applied {
     /// Written, as this event: the new ContextId.
     Written(i64),
     /// Nothing written: the call or an agent had moved on. The call as the
-    /// statement found it, to decide again on.
-    Moved(Box<LoadedCall>),
+    /// statement found it, to decide again on, when it was asked to read it
+    /// ([`apply_or_read`]).
+    Moved(Option<Box<LoadedCall>>),
 }
 
 /// [`apply`] for `changes` to a call that exists, decided on what the
@@ -316,7 +332,7 @@ pub async fn apply_or_read(
             Ok(Applied::Written(event_id))
         }
         (None, _, _, _, Some(exists), call, Some(channels), Some(agents)) => Ok(Applied::Moved(
-            Box::new(loaded((exists, call, channels, agents))),
+            Some(Box::new(loaded((exists, call, channels, agents)))),
         )),
         _ => Err(Error::Internal(anyhow::anyhow!(
             "{}: the guarded write neither wrote nor read",

@@ -399,6 +399,25 @@ impl TestApp {
         Ok(r.into_inner().data.unwrap())
     }
 
+    /// Has this replica find a call it knows stale, so that it expects
+    /// stale calls for its next writes (`app::known::KnownCalls::expect_stale`):
+    /// `lead` (made ready) starts a call with `mate` here, `mate` leaves it
+    /// through `other`, then `lead`'s leaving here is decided on the call
+    /// with `mate` on it. Call it last before the action it is for: writes
+    /// on known calls found as known weigh the other way.
+    pub async fn find_a_known_call_stale(
+        &self,
+        other: &TestApp,
+        lead: &(String, String),
+        mate: &(String, String),
+    ) {
+        self.ready(&lead.0).await.unwrap();
+        self.ready(&mate.0).await.unwrap();
+        let conf = self.answered_conference(&lead.0, &[mate.1.as_str()]).await;
+        other.end(&mate.0, &conf.job_id).await.unwrap();
+        self.end(&lead.0, &conf.job_id).await.unwrap();
+    }
+
     pub async fn end(
         &self,
         user: &str,

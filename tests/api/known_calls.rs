@@ -1,6 +1,8 @@
 //! What a replica knows of a call (`app::known`) only saves a read: an
 //! action decided on it is written only if no other replica changed the
 //! call since, and an answer that writes nothing is always read afresh.
+//! Each case of a stale call runs both ways a replica writes a decision on
+//! a known call ([`Lately`]).
 
 use ccc_callcontrol::proto::channel_context::ChannelState;
 use ccc_callcontrol::startup::ServeOptions;
@@ -8,15 +10,56 @@ use sqlx::PgPool;
 
 use crate::helpers::*;
 
+/// What the replica found of the calls it knew, lately, which decides how
+/// it writes a decision made on one (`app::known::KnownCalls::expect_stale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lately {
+    /// As known (and a new replica): the plain guarded write; a stale
+    /// call is then read by a statement of its own.
+    AsKnown,
+    /// Stale: the write carries the read of the call for a failed guard.
+    Stale,
+}
+
+/// The agents a case needs, and two more, dave and erin, whose call makes
+/// the replica find a known call stale just before the case's action
+/// ([`Lately::Stale`]).
+async fn agents_for(app: &TestApp, logins: &[&str]) -> Vec<(String, String)> {
+    let mut all = logins.to_vec();
+    all.extend(["dave", "erin"]);
+    app.ready_agents(&all).await
+}
+
+/// With [`Lately::Stale`], has `app` find a call it knows stale, through
+/// dave and erin, just before the case's action.
+async fn lately(lately: Lately, app: &TestApp, other: &TestApp, agents: &[(String, String)]) {
+    if lately == Lately::AsKnown {
+        return;
+    }
+    let [.., dave, erin] = agents else {
+        unreachable!("agents_for adds dave and erin")
+    };
+    app.find_a_known_call_stale(other, dave, erin).await;
+}
+
 /// Bob hangs up, reported through another replica. This replica still
 /// knows him as talking and would write his leaving; the guard stops that
 /// write, and the call read afresh answers EndConference as the retry it
 /// now is: his channel as the media plane released it, no event appended.
 #[sqlx::test]
 async fn a_call_another_replica_changed_is_read_again(pool: PgPool) {
+    read_again(pool, Lately::AsKnown).await;
+}
+
+#[sqlx::test]
+async fn a_call_another_replica_changed_is_read_again_lately_stale(pool: PgPool) {
+    read_again(pool, Lately::Stale).await;
+}
+
+async fn read_again(pool: PgPool, ways: Lately) {
     let app = spawn_app(pool.clone()).await;
     let other = spawn_app(pool).await;
-    let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let agents = agents_for(&app, &["alice", "bob", "carol"]).await;
     let bob = &agents[1].0;
     let conf = app
         .answered_conference(&agents[0].0, &["8002", "8003"])
@@ -32,6 +75,7 @@ async fn a_call_another_replica_changed_is_read_again(pool: PgPool) {
         .await
         .unwrap();
     let events = app.events_of(&conf.job_id).await;
+    lately(ways, &app, &other, &agents).await;
 
     let left = app.end(bob, &conf.job_id).await.unwrap();
 
@@ -55,12 +99,22 @@ async fn a_call_another_replica_changed_is_read_again(pool: PgPool) {
 /// the call without her, and what she left stays as she left it.
 #[sqlx::test]
 async fn a_stale_decision_is_made_again_on_the_call_as_stored(pool: PgPool) {
+    decided_again(pool, Lately::AsKnown).await;
+}
+
+#[sqlx::test]
+async fn a_stale_decision_is_made_again_on_the_call_as_stored_lately_stale(pool: PgPool) {
+    decided_again(pool, Lately::Stale).await;
+}
+
+async fn decided_again(pool: PgPool, ways: Lately) {
     let app = spawn_app(pool.clone()).await;
     let other = spawn_app(pool).await;
-    let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let agents = agents_for(&app, &["alice", "bob", "carol"]).await;
     let (alice, bob, carol) = (&agents[0].0, &agents[1].0, &agents[2].0);
     let conf = app.answered_conference(alice, &["8002", "8003"]).await;
     other.end(carol, &conf.job_id).await.unwrap();
+    lately(ways, &app, &other, &agents).await;
 
     let left = app.end(bob, &conf.job_id).await.unwrap();
 
@@ -153,9 +207,18 @@ async fn a_replica_that_keeps_no_calls_serves_them(pool: PgPool) {
 /// decision made again ends the call.
 #[sqlx::test]
 async fn a_change_to_the_call_alone_is_caught(pool: PgPool) {
+    call_alone(pool, Lately::AsKnown).await;
+}
+
+#[sqlx::test]
+async fn a_change_to_the_call_alone_is_caught_lately_stale(pool: PgPool) {
+    call_alone(pool, Lately::Stale).await;
+}
+
+async fn call_alone(pool: PgPool, ways: Lately) {
     let app = spawn_app(pool.clone()).await;
     let other = spawn_app(pool).await;
-    let agents = app.ready_agents(&["alice", "bob"]).await;
+    let agents = agents_for(&app, &["alice", "bob"]).await;
     let conf = app
         .answered_conference(&agents[0].0, &["8002", CUSTOMER])
         .await;
@@ -167,6 +230,7 @@ async fn a_change_to_the_call_alone_is_caught(pool: PgPool) {
         )
         .await
         .unwrap();
+    lately(ways, &app, &other, &agents).await;
 
     app.end(&agents[1].0, &conf.job_id).await.unwrap();
 

@@ -38,9 +38,14 @@ enum Known {
     /// Another replica made the call: read, then written.
     NotAtAll,
     /// The counted replica made the call, then another changed it: the
-    /// guarded write finds it moved on, writes nothing and reads the call
-    /// instead; then it is written.
+    /// guarded write finds it moved on and writes nothing; then the call
+    /// is read, and written. (A replica that has lately found its known
+    /// calls as known sends the plain write.)
     Stale,
+    /// As `Stale`, on a replica that has just found another known call
+    /// stale: its write carries the read, so it reads the call instead of
+    /// writing; then the call is written.
+    StaleLately,
 }
 
 #[sqlx::test]
@@ -72,15 +77,22 @@ async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
     .await;
     // Another replica on the same database, not counted.
     let other = spawn_app(pool.clone()).await;
-    let logins: Vec<String> = (1..=9).map(|i| format!("agent{i}")).collect();
+    let logins: Vec<String> = (1..=11).map(|i| format!("agent{i}")).collect();
     let logins: Vec<&str> = logins.iter().map(String::as_str).collect();
-    let agents = app.ready_agents(&logins).await;
+    let mut agents = app.ready_agents(&logins).await;
+    // Two to make the replica expect stale calls (`Known::StaleLately`).
+    let spare = agents.split_off(9);
     let lead = &agents[0].0;
     let as_lead = app.agent(lead).await;
     let others: Vec<&str> = agents[1..].iter().map(|a| a.1.as_str()).collect();
 
     let mut counts = Vec::new();
-    for known in [Known::AsItIs, Known::NotAtAll, Known::Stale] {
+    for known in [
+        Known::AsItIs,
+        Known::NotAtAll,
+        Known::Stale,
+        Known::StaleLately,
+    ] {
         for parties in [3, 9, 3, 9] {
             for (user, _) in &agents {
                 app.ready(user).await.unwrap();
@@ -94,9 +106,13 @@ async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
                 .answered_conference(lead, &others[..parties - 1])
                 .await;
             let mut left = 1;
-            if known == Known::Stale {
+            if matches!(known, Known::Stale | Known::StaleLately) {
                 other.end(&agents[1].0, &conf.job_id).await.unwrap();
                 left = 2;
+            }
+            if known == Known::StaleLately {
+                app.find_a_known_call_stale(&other, &spare[0], &spare[1])
+                    .await;
             }
             // Warm: the lead's token is cached, every statement prepared.
             as_lead
@@ -158,6 +174,11 @@ async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
     );
     assert_eq!(
         steady(Known::Stale),
+        [3, 3],
+        "the apply, the load and the apply: {counts:?}"
+    );
+    assert_eq!(
+        steady(Known::StaleLately),
         [2, 2],
         "the apply that read instead, and the apply: {counts:?}"
     );
