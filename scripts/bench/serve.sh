@@ -51,7 +51,8 @@ analyze_all() {
 # the shared server must not be reconfigured for: initdb into $work/data
 # from the installed binaries, a free port, each SETTING ("name = value")
 # added to its configuration. Sets pg_port. Stop it with stop_private_pg
-# (in the script's exit trap).
+# (in the script's exit trap). With $pg_cpus set (a taskset CPU list) the
+# server and every backend it forks run on those CPUs only.
 start_private_pg() {
     pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
     [[ -x $pgbin/initdb ]] || die "PostgreSQL's server binaries not found (apt-get install postgresql)"
@@ -66,7 +67,9 @@ start_private_pg() {
         echo "unix_socket_directories = '$work'"
         printf '%s\n' "$@"
     } >>"$work/data/postgresql.conf"
-    run_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
+    local pin=()
+    [[ -n ${pg_cpus:-} ]] && pin=(taskset -c "$pg_cpus")
+    run_pg "${pin[@]}" "$pgbin/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
 }
 
 # stop_private_pg: stops the server start_private_pg started, if any.
