@@ -32,8 +32,8 @@ async fn agents_for(app: &TestApp, logins: &[&str]) -> Vec<(String, String)> {
 
 /// With [`Lately::Stale`], has `app` find a call it knows stale, through
 /// dave and erin, just before the case's action.
-async fn lately(lately: Lately, app: &TestApp, other: &TestApp, agents: &[(String, String)]) {
-    if lately == Lately::AsKnown {
+async fn lately(recent: Lately, app: &TestApp, other: &TestApp, agents: &[(String, String)]) {
+    if recent == Lately::AsKnown {
         return;
     }
     let [.., dave, erin] = agents else {
