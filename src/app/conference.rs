@@ -328,7 +328,14 @@ async fn act_on_call<A: OnCall>(
                     Applied::Moved(stored) => {
                         measure::known_call(KnownUse::Stale);
                         known.found(true);
-                        stored.map(|stored| *stored)
+                        // A read at the versions known is older than the
+                        // write that moved them: that write committed while
+                        // the guard waited for its lock, after the statement
+                        // took its snapshot. Deciding on it would fail the
+                        // same way, so the call is read afresh.
+                        stored
+                            .filter(|stored| stored.versions != found.versions)
+                            .map(|stored| *stored)
                     }
                 }
             }

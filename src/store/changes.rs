@@ -75,7 +75,7 @@ impl Encode<'_, Postgres> for JsonText {
 /// The versions (`context_id`, the last event that changed them) of the
 /// rows a decision was made on: the call, if there was one, and every agent
 /// loaded with it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Versions {
     pub call: Option<i64>,
     pub agents: Vec<(UserId, i64)>,
@@ -222,8 +222,9 @@ const APPLY_CALL: &str = apply!(update_call!(), upsert_channels!());
 /// the actor, `$35` the live states), so deciding again costs no second
 /// read. Exactly one row: the write's (event ID and counts) or the read's.
 /// The read sees the statement's snapshot: a write that committed while
-/// the guard waited for its lock is not in it, and the next guarded write
-/// finds that out.
+/// the guard waited for its lock is not in it, so the read can show the
+/// very versions the decision was made on; the caller then reads afresh
+/// (`app::conference::act_on_call`).
 const APPLY_CALL_OR_READ: &str = apply!(
     update_call!(),
     upsert_channels!(),

@@ -29,6 +29,36 @@ async fn counted<T>(relay: &Relay, action: impl Future<Output = T>) -> (T, u64) 
     (out, trips.load(Ordering::SeqCst) - before)
 }
 
+/// A replica whose one database connection goes through a counting relay.
+async fn counted_replica(pool: &PgPool) -> (Relay, TestApp) {
+    let direct = (*pool.connect_options()).clone();
+    let relay = Relay::start(direct.get_host(), direct.get_port())
+        .await
+        .unwrap();
+    let relayed = PgPoolOptions::new().max_connections(1).connect_lazy_with(
+        direct
+            .host("127.0.0.1")
+            .port(relay.port())
+            .ssl_mode(PgSslMode::Disable),
+    );
+    let mut args = service_args(pool);
+    // One connection, so every statement is prepared on it during the
+    // warm-up and what is counted is the steady state.
+    args.max_connections = 1;
+    let app = spawn_app_tuned(
+        relayed,
+        ServeOptions {
+            token_cache_ttl: Duration::from_secs(600),
+            // Its checks would go through the relay too.
+            health: false,
+            ..ServeOptions::default()
+        },
+        args,
+    )
+    .await;
+    (relay, app)
+}
+
 /// How an EndConference finds its call on the counted replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
@@ -50,31 +80,7 @@ enum Known {
 
 #[sqlx::test]
 async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
-    let direct = (*pool.connect_options()).clone();
-    let relay = Relay::start(direct.get_host(), direct.get_port())
-        .await
-        .unwrap();
-    let relayed = PgPoolOptions::new().max_connections(1).connect_lazy_with(
-        direct
-            .host("127.0.0.1")
-            .port(relay.port())
-            .ssl_mode(PgSslMode::Disable),
-    );
-    let mut args = service_args(&pool);
-    // One connection, so every statement is prepared on it during the
-    // warm-up and what is counted is the steady state.
-    args.max_connections = 1;
-    let app = spawn_app_tuned(
-        relayed,
-        ServeOptions {
-            token_cache_ttl: Duration::from_secs(600),
-            // Its checks would go through the relay too.
-            health: false,
-            ..ServeOptions::default()
-        },
-        args,
-    )
-    .await;
+    let (relay, app) = counted_replica(&pool).await;
     // Another replica on the same database, not counted.
     let other = spawn_app(pool.clone()).await;
     let logins: Vec<String> = (1..=11).map(|i| format!("agent{i}")).collect();
@@ -181,5 +187,92 @@ async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
         steady(Known::StaleLately),
         [2, 2],
         "the apply that read instead, and the apply: {counts:?}"
+    );
+}
+
+/// Bob leaves through a replica that knows the call and lately finds known
+/// calls stale, while another writer holds the call's row and moves its
+/// version. The guard waits for that lock, then fails; the read in the
+/// same statement sees the call from before that write (its snapshot was
+/// taken first), at the very versions known. Deciding on that would fail
+/// the guard again and retry the whole action after a back-off: 5 round
+/// trips (the failed attempt's connection is pinged as it goes back). The
+/// replica reads the call afresh instead: 3, and no retry.
+#[sqlx::test]
+async fn a_write_that_waited_on_another_reads_afresh(pool: PgPool) {
+    let (relay, app) = counted_replica(&pool).await;
+    let other = spawn_app(pool.clone()).await;
+    let agents = app
+        .ready_agents(&["alice", "bob", "carol", "dave", "erin"])
+        .await;
+    let (alice, bob) = (&agents[0].0, &agents[1].0);
+    let conf = app.answered_conference(alice, &["8002", "8003"]).await;
+    // Twice, so the write with the read in it is prepared too.
+    for _ in 0..2 {
+        app.find_a_known_call_stale(&other, &agents[3], &agents[4])
+            .await;
+    }
+    let as_bob = app.agent(bob).await;
+    as_bob
+        .calls
+        .clone()
+        .poll_user_status(ccc_callcontrol::proto::PollUserStatusRequest {
+            instance_id: INSTANCE.into(),
+            user_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE calls SET context_id = nextval(pg_get_serial_sequence('events', 'event_id'))
+         WHERE instance_id = $1 AND job_id = $2",
+    )
+    .bind(INSTANCE)
+    .bind(&conf.job_id)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    let trips = relay.round_trips();
+    let before = trips.load(Ordering::SeqCst);
+    let calls = as_bob.calls.clone();
+    let job = conf.job_id.clone();
+    let leaving = tokio::spawn(async move { end_with(&calls, INSTANCE, "", &job).await });
+    // Bounded: the replica's guard is waiting on the writer's lock.
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the guard never waited on the writer's lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer.commit().await.unwrap();
+    let left = leaving.await.unwrap().expect("EndConference");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = trips.load(Ordering::SeqCst) - before;
+
+    let bobs = left
+        .call_context
+        .unwrap()
+        .channel_contexts
+        .into_iter()
+        .find(|c| c.destination == "8002")
+        .unwrap();
+    assert_eq!(bobs.channel_state(), ChannelState::Released);
+    // Read through the other replica: the counted one's only connection
+    // is kept by its server.
+    assert_eq!(other.stored_channels(&conf.job_id).await[1].1, "RELEASED");
+    assert_eq!(
+        n, 3,
+        "the apply that waited and read too early, the load, the apply"
     );
 }
