@@ -133,8 +133,9 @@ pub enum KnownUse {
     /// Decided on what was known and written: one round trip.
     Hit,
     /// Decided on what was known, but another replica had changed the call
-    /// or an agent since: the guarded write wrote nothing and read the call
-    /// instead, and the action decided again (two round trips).
+    /// or an agent since: the guarded write wrote nothing, the call was
+    /// read (by that write when the replica expects stale calls), and the
+    /// action decided again (two or three round trips).
     Stale,
     /// Known, but what was known led to no write (a retry, a refusal),
     /// which is answered only from a fresh read.

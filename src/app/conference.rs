@@ -9,13 +9,14 @@ use crate::domain::states::ChannelState;
 use crate::domain::{Call, Changes};
 use crate::measure::{self, KnownUse};
 use sqlx::PgConnection;
+use std::ops::ControlFlow;
 
 use crate::error::Error;
 use crate::store::agents::{self, LoadedAgents};
 use crate::store::calls::{self, LoadedCall};
 use crate::store::changes::{self, Applied};
 
-use super::known::KnownCalls;
+use super::known::{CallKey, KnownCalls};
 use super::unit::Atomicity;
 use super::{
     App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
@@ -309,45 +310,16 @@ async fn act_on_call<A: OnCall>(
             measure::known_call(KnownUse::Unknown);
             None
         }
-        Some(found) => match action.decide(&found) {
-            Ok(Decided::Changed(changes)) => {
-                let event = event_of(ctx, A::NAME, &found, &changes)?;
-                let (read, actor) = (&found.versions, action.actor());
-                let applied = if known.expect_stale() {
-                    changes::apply_or_read(conn, instance, &event, &changes, read, actor).await?
-                } else {
-                    changes::apply_if_current(conn, instance, &event, &changes, read).await?
-                };
-                match applied {
-                    Applied::Written(context_id) => {
-                        measure::known_call(KnownUse::Hit);
-                        known.found(false);
-                        known.remember(key, &found.agents, read, &changes, context_id);
-                        return Ok(action.answer(&found, changes, context_id));
-                    }
-                    Applied::Moved(stored) => {
-                        measure::known_call(KnownUse::Stale);
-                        known.found(true);
-                        // A read at the versions known is older than the
-                        // write that moved them: that write committed while
-                        // the guard waited for its lock, after the statement
-                        // took its snapshot. Deciding on it would fail the
-                        // same way, so the call is read afresh.
-                        stored
-                            .filter(|stored| stored.versions != found.versions)
-                            .map(|stored| *stored)
-                    }
-                }
+        Some(found) => match on_known(conn, ctx, action, known, &found).await? {
+            ControlFlow::Break((changes, context_id)) => {
+                return Ok(written(action, known, key, &found, changes, context_id));
             }
-            _ => {
-                measure::known_call(KnownUse::Unsure);
-                None
-            }
+            ControlFlow::Continue(stored) => stored,
         },
     };
 
     let found = match stored {
-        Some(stored) => opened(stored, instance)?,
+        Some(stored) => opened(*stored, instance)?,
         None => open_call(conn, instance, job, action.actor()).await?,
     };
     match action.decide(&found)? {
@@ -356,10 +328,59 @@ async fn act_on_call<A: OnCall>(
             let event = event_of(ctx, A::NAME, &found, &changes)?;
             let context_id =
                 changes::apply(conn, instance, &event, &changes, &found.versions).await?;
-            known.remember(key, &found.agents, &found.versions, &changes, context_id);
-            Ok(action.answer(&found, changes, context_id))
+            Ok(written(action, known, key, &found, changes, context_id))
         }
     }
+}
+
+/// The answer once `changes`, decided on `found`, are written as event
+/// `context_id`; the replica keeps the call as they left it.
+fn written<A: OnCall>(
+    action: &A,
+    known: &KnownCalls,
+    key: CallKey,
+    found: &LoadedCall,
+    changes: Changes,
+    context_id: i64,
+) -> A::Answer {
+    known.remember(key, &found.agents, &found.versions, &changes, context_id);
+    action.answer(found, changes, context_id)
+}
+
+/// `action` decided on the call as this replica knew it (`found`) and, if
+/// that is a change, written guarded: the changes and their event once
+/// written; otherwise the call as the write read it, if it did, to decide
+/// again on.
+async fn on_known<A: OnCall>(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    action: &A,
+    known: &KnownCalls,
+    found: &LoadedCall,
+) -> Result<ControlFlow<(Changes, i64), Option<Box<LoadedCall>>>, Error> {
+    let Ok(Decided::Changed(changes)) = action.decide(found) else {
+        measure::known_call(KnownUse::Unsure);
+        return Ok(ControlFlow::Continue(None));
+    };
+    let event = event_of(ctx, A::NAME, found, &changes)?;
+    let (instance, read) = (action.call().0, &found.versions);
+    let applied = if known.expect_stale() {
+        changes::apply_or_read(conn, instance, &event, &changes, read, action.actor()).await?
+    } else {
+        changes::apply_if_current(conn, instance, &event, &changes, read).await?
+    };
+    Ok(match applied {
+        Applied::Written(context_id) => {
+            measure::known_call(KnownUse::Hit);
+            known.found(false);
+            ControlFlow::Break((changes, context_id))
+        }
+        Applied::Moved(stored) => {
+            measure::known_call(KnownUse::Stale);
+            known.found(true);
+            ControlFlow::Continue(stored)
+        }
+    })
 }
 
 /// The event that records `changes`, decided on `found`.

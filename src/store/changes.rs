@@ -223,8 +223,8 @@ const APPLY_CALL: &str = apply!(update_call!(), upsert_channels!());
 /// read. Exactly one row: the write's (event ID and counts) or the read's.
 /// The read sees the statement's snapshot: a write that committed while
 /// the guard waited for its lock is not in it, so the read can show the
-/// very versions the decision was made on; the caller then reads afresh
-/// (`app::conference::act_on_call`).
+/// very versions the decision was made on, and [`apply_or_read`] then
+/// returns no call, to be read afresh.
 const APPLY_CALL_OR_READ: &str = apply!(
     update_call!(),
     upsert_channels!(),
@@ -302,13 +302,15 @@ pub enum Applied {
     Written(i64),
     /// Nothing written: the call or an agent had moved on. The call as the
     /// statement found it, to decide again on, when it was asked to read it
-    /// ([`apply_or_read`]).
+    /// ([`apply_or_read`]) and the read is newer than what was decided on;
+    /// otherwise `None`: read it.
     Moved(Option<Box<LoadedCall>>),
 }
 
 /// [`apply`] for `changes` to a call that exists, decided on what the
 /// replica knew of it (`read`): if the rows moved on, the same statement
-/// reads the call, its channels, `actor` and the agents of live channels.
+/// reads the call, its channels, `actor` and the agents of live channels
+/// (none when that read shows `read` itself).
 /// (A new call, or none, is not for it: it would be written as an update
 /// and fail the count check.)
 pub async fn apply_or_read(
@@ -332,9 +334,13 @@ pub async fn apply_or_read(
             check_written(event, changes, (calls, channels, agents))?;
             Ok(Applied::Written(event_id))
         }
-        (None, _, _, _, Some(exists), call, Some(channels), Some(agents)) => Ok(Applied::Moved(
-            Some(Box::new(loaded((exists, call, channels, agents)))),
-        )),
+        (None, _, _, _, Some(exists), call, Some(channels), Some(agents)) => {
+            let stored = loaded((exists, call, channels, agents));
+            // At the versions read, the read is older than the write that
+            // moved them (see APPLY_CALL_OR_READ): of no use to decide on.
+            let newer = stored.versions != *read;
+            Ok(Applied::Moved(newer.then(|| Box::new(stored))))
+        }
         _ => Err(Error::Internal(anyhow::anyhow!(
             "{}: the guarded write neither wrote nor read",
             event.action

@@ -59,6 +59,20 @@ async fn counted_replica(pool: &PgPool) -> (Relay, TestApp) {
     (relay, app)
 }
 
+/// Caches `agent`'s token on the counted replica, so what is counted next
+/// is the action alone.
+async fn warm(agent: &Clients) {
+    agent
+        .calls
+        .clone()
+        .poll_user_status(ccc_callcontrol::proto::PollUserStatusRequest {
+            instance_id: INSTANCE.into(),
+            user_id: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
 /// How an EndConference finds its call on the counted replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
@@ -120,16 +134,7 @@ async fn end_conference_round_trips_whatever_the_parties(pool: PgPool) {
                 app.find_a_known_call_stale(&other, &spare[0], &spare[1])
                     .await;
             }
-            // Warm: the lead's token is cached, every statement prepared.
-            as_lead
-                .calls
-                .clone()
-                .poll_user_status(ccc_callcontrol::proto::PollUserStatusRequest {
-                    instance_id: INSTANCE.into(),
-                    user_id: String::new(),
-                })
-                .await
-                .unwrap();
+            warm(&as_lead).await;
 
             let (ended, n) =
                 counted(&relay, end_with(&as_lead.calls, INSTANCE, "", &conf.job_id)).await;
@@ -213,15 +218,7 @@ async fn a_write_that_waited_on_another_reads_afresh(pool: PgPool) {
             .await;
     }
     let as_bob = app.agent(bob).await;
-    as_bob
-        .calls
-        .clone()
-        .poll_user_status(ccc_callcontrol::proto::PollUserStatusRequest {
-            instance_id: INSTANCE.into(),
-            user_id: String::new(),
-        })
-        .await
-        .unwrap();
+    warm(&as_bob).await;
 
     let mut writer = pool.begin().await.unwrap();
     sqlx::query(
@@ -238,36 +235,15 @@ async fn a_write_that_waited_on_another_reads_afresh(pool: PgPool) {
     let calls = as_bob.calls.clone();
     let job = conf.job_id.clone();
     let leaving = tokio::spawn(async move { end_with(&calls, INSTANCE, "", &job).await });
-    // Bounded: the replica's guard is waiting on the writer's lock.
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 500, "the guard never waited on the writer's lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The replica's guard waits on the writer's lock.
+    wait_for_lock_waiters(&pool, 1).await;
     writer.commit().await.unwrap();
     let left = leaving.await.unwrap().expect("EndConference");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = trips.load(Ordering::SeqCst) - before;
 
-    let bobs = left
-        .call_context
-        .unwrap()
-        .channel_contexts
-        .into_iter()
-        .find(|c| c.destination == "8002")
-        .unwrap();
-    assert_eq!(bobs.channel_state(), ChannelState::Released);
+    let channels = left.call_context.unwrap().channel_contexts;
+    assert_eq!(state_of(&channels, "8002"), ChannelState::Released);
     // Read through the other replica: the counted one's only connection
     // is kept by its server.
     assert_eq!(other.stored_channels(&conf.job_id).await[1].1, "RELEASED");
