@@ -261,6 +261,7 @@ mod tests {
             call: Some(call),
             call_created: false,
             channels: vec![],
+            consulted: vec![changed.user_id.clone()],
             agents: vec![changed.clone()],
         };
 

@@ -239,6 +239,7 @@ mod tests {
             call_created: false,
             channels: vec![1],
             agents: Vec::new(),
+            consulted: Vec::new(),
         };
         let ctx = RequestContext::local("r-1", "a2@i");
         let found = Before {

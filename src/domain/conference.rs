@@ -4,7 +4,7 @@
 
 use super::agent::Agent;
 use super::call::{Call, Channel, REASON_HUNG_UP, REASON_LEFT};
-use super::ids::{ChannelId, JobId, Millis, PhoneNumber};
+use super::ids::{ChannelId, JobId, Millis, PhoneNumber, UserId};
 use super::states::{CallType, ChannelState};
 use crate::error::{Error, ParamViolation, echo};
 
@@ -76,16 +76,29 @@ pub struct Changes {
     pub channels: Vec<usize>,
     /// The new state of each agent that changed, ordered by user ID.
     pub agents: Vec<Agent>,
+    /// Every agent whose state the decision went by, changed or not,
+    /// ordered by user ID: the write is guarded on these and the call being
+    /// as they were read. An agent read with the call but not consulted (a
+    /// party who stays when another leaves) may change meanwhile without
+    /// making the decision wrong, so it is not held.
+    pub consulted: Vec<UserId>,
 }
 
 impl Changes {
-    fn of_call(call: Call, channels: Vec<usize>, mut agents: Vec<Agent>) -> Self {
+    fn of_call(
+        call: Call,
+        channels: Vec<usize>,
+        mut agents: Vec<Agent>,
+        mut consulted: Vec<UserId>,
+    ) -> Self {
         agents.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        consulted.sort();
         Self {
             call: Some(call),
             call_created: false,
             channels,
             agents,
+            consulted,
         }
     }
 
@@ -95,6 +108,7 @@ impl Changes {
             call: None,
             call_created: false,
             channels: Vec::new(),
+            consulted: vec![agent.user_id.clone()],
             agents: vec![agent],
         }
     }
@@ -255,9 +269,11 @@ pub fn start(
         channels,
     };
     let all = (0..call.channels.len()).collect();
+    // Every agent found by its extension is a party, so changed.
+    let consulted = changed.iter().map(|a| a.user_id.clone()).collect();
     Ok(Changes {
         call_created: true,
-        ..Changes::of_call(call, all, changed)
+        ..Changes::of_call(call, all, changed, consulted)
     })
 }
 
@@ -354,15 +370,21 @@ pub fn report(
     let changed = &mut after.channels[position];
     changed.state = next;
     changed.timestamp = now;
-    let mut moved = Vec::new();
+    let (mut moved, mut consulted) = (Vec::new(), Vec::new());
     if let (ChannelState::Answered, Some(user)) = (next, &changed.user_id) {
         let agent = find(agents, user)?;
+        consulted.push(user.clone());
         let answered = agent.channel_answered(&call.job_id);
         if &answered != agent {
             moved.push(answered);
         }
     }
-    Ok(Some(Changes::of_call(after, vec![position], moved)))
+    Ok(Some(Changes::of_call(
+        after,
+        vec![position],
+        moved,
+        consulted,
+    )))
 }
 
 /// Releases one live channel, lets the two-party rule release the rest, and
@@ -377,10 +399,11 @@ fn release(
 ) -> Result<Changes, Error> {
     let mut after = call.clone();
     let released = after.release(position, initiator, reason, now);
-    let mut moved = Vec::new();
+    let (mut moved, mut consulted) = (Vec::new(), Vec::new());
     for r in &released {
         if let Some(user) = &r.user_id {
             let agent = find(agents, user)?;
+            consulted.push(user.clone());
             let next = agent.channel_released(&call.job_id, r.had_answered);
             if &next != agent {
                 moved.push(next);
@@ -388,12 +411,12 @@ fn release(
         }
     }
     let positions = released.iter().map(|r| r.position).collect();
-    Ok(Changes::of_call(after, positions, moved))
+    Ok(Changes::of_call(after, positions, moved, consulted))
 }
 
 /// The loaded state of an agent with a live channel. The store loads every
 /// such agent with the call; one missing means the two disagree.
-fn find<'a>(agents: &'a [Agent], user: &super::ids::UserId) -> Result<&'a Agent, Error> {
+fn find<'a>(agents: &'a [Agent], user: &UserId) -> Result<&'a Agent, Error> {
     agents.iter().find(|a| &a.user_id == user).ok_or_else(|| {
         Error::Internal(anyhow::anyhow!(
             "agent {user} has a live channel but was not loaded with the call"
@@ -617,6 +640,41 @@ mod tests {
         assert_eq!(changes.channels, vec![1, 0]);
         let states: Vec<_> = changes.agents.iter().map(|a| a.user_state).collect();
         assert_eq!(states, vec![UserState::Working, UserState::Working]);
+    }
+
+    /// The write holds the agents a decision went by, not every agent read
+    /// with the call: the parties who stay are not consulted, an agent
+    /// whose channel went down is even when it does not change (it has
+    /// moved on to another call), and a report that moves no agent holds
+    /// none.
+    #[test]
+    fn decisions_name_the_agents_they_went_by() {
+        let ids = |c: &Changes| -> Vec<String> {
+            c.consulted.iter().map(|u| u.as_str().to_owned()).collect()
+        };
+        let (call, agents) = three_party();
+        let left = leave(&call, &agents, &agents[1], 1).unwrap().unwrap();
+        assert_eq!(ids(&left), ["a2@i"]);
+
+        let two = conference(&[(Answered, true), (Answered, true), (Released, false)]);
+        let moved_on = vec![
+            agent(1, UserState::Talking, Some("job-9")),
+            agent(2, UserState::Talking, Some("job-1")),
+        ];
+        let ended = leave(&two, &moved_on, &moved_on[1], 1).unwrap().unwrap();
+        assert_eq!(ids(&ended), ["a1@i", "a2@i"]);
+        assert_eq!(ended.agents.len(), 1, "a1 is on job-9: unchanged");
+
+        let ringing = conference(&[(Answered, true), (Ringing, true), (Ringing, false)]);
+        let customer = ringing.channels[2].channel_id.clone();
+        let early = report(&ringing, &agents, &customer, EarlyMedia, (None, None), 1);
+        assert_eq!(ids(&early.unwrap().unwrap()), Vec::<String>::new());
+        let invited = ringing.channels[1].channel_id.clone();
+        let answered = report(&ringing, &agents, &invited, Answered, (None, None), 1);
+        assert_eq!(ids(&answered.unwrap().unwrap()), ["a2@i"]);
+
+        let ready = agent(3, UserState::Ready, None);
+        assert_eq!(ids(&Changes::of_agent(ready)), ["a3@i"]);
     }
 
     /// Every state the leaver's channel can be in.

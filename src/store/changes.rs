@@ -74,7 +74,8 @@ impl Encode<'_, Postgres> for JsonText {
 
 /// The versions (`context_id`, the last event that changed them) of the
 /// rows a decision was made on: the call, if there was one, and every agent
-/// loaded with it.
+/// loaded with it. A write holds the call and, of the agents, those the
+/// decision consulted (`Changes::consulted`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Versions {
     pub call: Option<i64>,
@@ -99,7 +100,7 @@ impl Versions {
 /// each statement holds only the parts its kind of change can use.
 ///
 /// First the guard: `gc` and `ga` lock the call and the agents the decision
-/// read (call first, agents by user ID, as everywhere), and `ok` says
+/// consulted (call first, agents by user ID, as everywhere), and `ok` says
 /// whether they are still the versions read (`$31`, `$32`/`$33`). A lock
 /// wait ends with the newest versions, so a concurrent change makes `ok`
 /// false, nothing is written, and no row comes back: the caller reads and
@@ -172,8 +173,8 @@ SELECT ev.event_id,
     };
 }
 
-/// Upserts the changed channels (`$15`–`$25`) of a call that has any.
-macro_rules! upsert_channels {
+/// Inserts the channels (`$15`–`$25`) of a new call.
+macro_rules! insert_channels {
     () => {
         r#"
     INSERT INTO channels (instance_id, job_id, channel_id, idx, user_id, user_extension,
@@ -183,11 +184,28 @@ macro_rules! upsert_channels {
     FROM unnest($15::text[], $16::int4[], $17::text[], $18::text[], $19::text[], $20::text[],
                 $21::text[], $22::text[], $23::text[], $24::text[], $25::int8[]) AS u
     WHERE EXISTS (SELECT 1 FROM ev)
-    ON CONFLICT (instance_id, job_id, channel_id) DO UPDATE
-        SET channel_state = excluded.channel_state,
-            release_initiator = excluded.release_initiator,
-            release_reason = excluded.release_reason,
-            changed_at = excluded.changed_at
+    RETURNING 1"#
+    };
+}
+
+/// Updates the changed channels of a call that exists: what a channel can
+/// change after it is made (`$21`, `$23`–`$25`, by `$15`). No action adds
+/// a channel to a call that exists; one that did would be caught by the
+/// count of rows written. An update, not an upsert: `ON CONFLICT` probes
+/// the key for an insert first, then locks and updates the row it finds,
+/// which cost PostgreSQL more per channel than the update alone
+/// (docs/performance.md, "The guard on what was consulted").
+macro_rules! update_channels {
+    () => {
+        r#"
+    UPDATE channels
+    SET channel_state = u.channel_state, release_initiator = u.release_initiator,
+        release_reason = u.release_reason, changed_at = u.changed_at
+    FROM unnest($15::text[], $21::text[], $23::text[], $24::text[], $25::int8[])
+             AS u(channel_id, channel_state, release_initiator, release_reason, changed_at),
+         ev
+    WHERE channels.instance_id = $1 AND channels.job_id = $5
+      AND channels.channel_id = u.channel_id
     RETURNING 1"#
     };
 }
@@ -210,11 +228,11 @@ const APPLY_NEW_CALL: &str = apply!(
                        created_at, ended_at, context_id)
     SELECT $1, $5, $9, $10, $11, $12, $13, $14, ev.event_id FROM ev
     RETURNING 1"#,
-    upsert_channels!()
+    insert_channels!()
 );
 
 /// A change to a call that exists (EndConference, ReportChannelEvent).
-const APPLY_CALL: &str = apply!(update_call!(), upsert_channels!());
+const APPLY_CALL: &str = apply!(update_call!(), update_channels!());
 
 /// [`APPLY_CALL`] for a change decided on a call as the replica knew it
 /// (`app::known`): when the guard finds the call or an agent moved on, the
@@ -227,7 +245,7 @@ const APPLY_CALL: &str = apply!(update_call!(), upsert_channels!());
 /// returns no call, to be read afresh.
 const APPLY_CALL_OR_READ: &str = apply!(
     update_call!(),
-    upsert_channels!(),
+    update_channels!(),
     concat!(", ", crate::store::calls::call_read_cte!("$1", "$5")),
     concat!(
         written_row!(),
@@ -338,7 +356,9 @@ pub async fn apply_or_read(
             let stored = loaded((exists, call, channels, agents));
             // At the versions read, the read is older than the write that
             // moved them (see APPLY_CALL_OR_READ): of no use to decide on.
-            let newer = stored.versions != *read;
+            let (now, then) = (&stored.versions, read);
+            let newer = now.call != then.call
+                || (changes.consulted.iter()).any(|u| now.of_agent(u) != then.of_agent(u));
             Ok(Applied::Moved(newer.then(|| Box::new(stored))))
         }
         _ => Err(Error::Internal(anyhow::anyhow!(
@@ -412,10 +432,12 @@ impl<'a> Params<'a> {
         changes: &'a Changes,
         read: &'a Versions,
     ) -> Self {
-        let (read_agents, read_agent_versions) = read
-            .agents
+        // The agents the decision went by, at the versions read; the
+        // others read with the call are not held (`Changes::consulted`).
+        let (read_agents, read_agent_versions) = changes
+            .consulted
             .iter()
-            .map(|(user, version)| (user.as_str(), *version))
+            .map(|user| (user.as_str(), read.of_agent(user)))
             .unzip();
         Self {
             instance,

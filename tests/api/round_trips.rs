@@ -252,3 +252,75 @@ async fn a_write_that_waited_on_another_reads_afresh(pool: PgPool) {
         "the apply that waited and read too early, the load, the apply"
     );
 }
+
+/// A writer outside the service takes `user` off any call, as a
+/// supervisor's reset would, moving the agent's version as every writer
+/// must.
+async fn take_off_the_call(pool: &PgPool, user: &str) {
+    sqlx::query(
+        "UPDATE agents SET user_state = 'READY', job_id = NULL,
+                context_id = nextval(pg_get_serial_sequence('events', 'event_id'))
+         WHERE instance_id = $1 AND user_id = $2",
+    )
+    .bind(INSTANCE)
+    .bind(user)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The guard holds the call and the agents a decision went by, not every
+/// party read with the call (`Changes::consulted`). Carol is taken off the
+/// call from outside while this replica knows her as talking. Bob leaving
+/// does not go by carol: written at once, one round trip, and her row
+/// stays as the writer left it. Her channel released does go by her: the
+/// guard stops the write decided on her as known (it would make her
+/// WORKING on a call she is no longer on), and decided again on her as
+/// stored she stays READY. Twice: the first round prepares the statements.
+#[sqlx::test]
+async fn the_guard_holds_only_the_agents_the_decision_went_by(pool: PgPool) {
+    let (relay, app) = counted_replica(&pool).await;
+    // Reads through another replica: the counted one's only connection is
+    // kept by its server.
+    let other = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let (alice, bob, carol) = (&agents[0].0, &agents[1].0, &agents[2].0);
+    let as_bob = app.agent(bob).await;
+    let ready = ("READY".to_owned(), None);
+
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        for user in [alice, bob, carol] {
+            app.ready(user).await.unwrap();
+        }
+        let conf = app.answered_conference(alice, &["8002", "8003"]).await;
+        take_off_the_call(&pool, carol).await;
+        warm(&as_bob).await;
+
+        let end = end_with(&as_bob.calls, INSTANCE, "", &conf.job_id);
+        let (left, bob_left) = counted(&relay, end).await;
+        let channels = left.expect("EndConference").call_context.unwrap();
+        assert_eq!(
+            state_of(&channels.channel_contexts, "8002"),
+            ChannelState::Released
+        );
+        assert_eq!(other.stored_agent(carol).await, ready, "not written");
+
+        let to_carol = conf.channel_to("8003");
+        let release = app.report(&conf.job_id, &to_carol, ChannelState::Released);
+        let (released, carol_released) = counted(&relay, release).await;
+        released.expect("ReportChannelEvent");
+        assert_eq!(
+            other.stored_agent(carol).await,
+            ready,
+            "decided on as stored"
+        );
+        assert_eq!(other.stored_agent(alice).await.0, "WORKING", "call ended");
+        counts.push((bob_left, carol_released));
+    }
+    assert_eq!(counts[1].0, 1, "bob's leaving, as known: {counts:?}");
+    assert!(
+        counts[1].1 > 1,
+        "carol's release, found stale and read: {counts:?}"
+    );
+}
