@@ -12,9 +12,25 @@ use ccc_callcontrol::config::{self, Cli, Command, ServeArgs};
 use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem, prepare_database};
 use ccc_callcontrol::telemetry;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    runtime(&cli.command)?.block_on(run(cli))
+}
+
+/// The runtime: a worker per CPU, unless a bench client wants fewer
+/// (`bench::client_threads`).
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Bench(args) = command {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(threads) = ccc_callcontrol::bench::client_threads(args, cpus) {
+            builder.worker_threads(threads);
+        }
+    }
+    builder.enable_all().build()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let traces = match &cli.command {
         Command::Serve(ServeArgs {
             otlp_endpoint: Some(endpoint),

@@ -94,6 +94,18 @@ pub struct Watch {
 /// database).
 const WATCHERS_SETTLE: Duration = Duration::from_secs(1);
 
+/// The worker threads the bench's runtime should have, if not one per CPU
+/// (`cpus`): a client of a service elsewhere gets as many as pgbench gets
+/// threads for the floor beside it (`-j`, the lesser of the clients and
+/// the CPUs: scripts/bench/compare). One request in flight on two workers
+/// pays a hand-off between threads at every turn that the floor's one
+/// thread does not (docs/performance.md, "The bench client's threads").
+/// With `--spawn` the service shares the runtime, and watchers add work of
+/// their own: both keep a worker per CPU.
+pub fn client_threads(args: &BenchArgs, cpus: usize) -> Option<usize> {
+    (!args.spawn && args.watchers == 0).then(|| (args.in_flight as usize).clamp(1, cpus.max(1)))
+}
+
 /// The `bench` subcommand: runs and prints the report.
 pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
     let report = run(&args).await?;
@@ -380,4 +392,35 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
         watched_database: watch.database.is_some(),
         watch: watched,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::client_threads;
+    use crate::config::{Cli, Command};
+
+    fn threads(flags: &[&str], cpus: usize) -> Option<usize> {
+        let argv = [&["ccc-callcontrol", "bench"], flags].concat();
+        let Command::Bench(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!("a bench command line")
+        };
+        client_threads(&args, cpus)
+    }
+
+    /// As pgbench's `-j` in scripts/bench/compare: the lesser of the
+    /// requests in flight and the CPUs; the default when the service or
+    /// watchers share the process.
+    #[test]
+    fn a_client_has_the_threads_pgbench_would() {
+        let target =
+            |more: &[&'static str]| [&["--target", "127.0.0.1:1", "--token", "t"], more].concat();
+        assert_eq!(threads(&target(&["--in-flight", "1"]), 2), Some(1));
+        assert_eq!(threads(&target(&["--in-flight", "8"]), 2), Some(2));
+        assert_eq!(threads(&target(&["--in-flight", "3"]), 16), Some(3));
+        let watched = target(&["--in-flight", "1", "--watchers", "4"]);
+        assert_eq!(threads(&watched, 2), None);
+        assert_eq!(threads(&["--spawn", "--in-flight", "1"], 2), None);
+    }
 }
