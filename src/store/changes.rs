@@ -193,8 +193,8 @@ macro_rules! insert_channels {
 /// a channel to a call that exists; one that did would be caught by the
 /// count of rows written. An update, not an upsert: `ON CONFLICT` probes
 /// the key for an insert first, then locks and updates the row it finds,
-/// which cost PostgreSQL more per channel than the update alone
-/// (docs/performance.md, "The guard on what was consulted").
+/// more work per channel than the update alone (docs/performance.md, "The
+/// guard on what was consulted").
 macro_rules! update_channels {
     () => {
         r#"
