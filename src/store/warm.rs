@@ -156,3 +156,35 @@ impl Warm {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Units on a connection kept here would never let sqlx see it, so its
+    /// maximum lifetime would never apply: one out of sqlx's pool for
+    /// [`CIRCULATE_FOR`] goes back at the end of its next unit however
+    /// clean, as does one a transaction was dropped on however new.
+    #[sqlx::test(migrations = false)]
+    async fn connections_go_back_to_sqlx_when_out_too_long_or_unclean(pool: PgPool) {
+        let warm = Warm::default();
+        let fresh = warm.acquire(&pool).await.unwrap();
+        warm.keep(fresh);
+        assert_eq!(warm.count(), 1, "clean and new: kept");
+
+        let mut old = warm.acquire(&pool).await.unwrap();
+        assert_eq!(warm.count(), 0);
+        old.out_since = Instant::now()
+            .checked_sub(CIRCULATE_FOR)
+            .expect("a monotonic clock older than CIRCULATE_FOR");
+        warm.keep(old);
+        assert_eq!(warm.count(), 0, "out for CIRCULATE_FOR: given back");
+
+        // A unit cut off inside its transaction: sqlx queues the ROLLBACK
+        // and sends it only with the connection's next statement.
+        let mut cut = warm.acquire(&pool).await.unwrap();
+        drop(cut.raw().begin().await.unwrap());
+        warm.keep(cut);
+        assert_eq!(warm.count(), 0, "a ROLLBACK queued: given back");
+    }
+}
