@@ -76,7 +76,7 @@ impl Encode<'_, Postgres> for JsonText {
 /// rows a decision was made on: the call, if there was one, and every agent
 /// loaded with it. A write holds the call and, of the agents, those the
 /// decision consulted (`Changes::consulted`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Versions {
     pub call: Option<i64>,
     pub agents: Vec<(UserId, i64)>,
@@ -89,6 +89,12 @@ impl Versions {
             .iter()
             .find(|(u, _)| u == user)
             .map_or(0, |(_, v)| *v)
+    }
+
+    /// Whether `self` and `other` hold the same versions of what a write
+    /// guards: the call, and `agents` (the ones a decision consulted).
+    fn agree_on(&self, other: &Versions, agents: &[UserId]) -> bool {
+        self.call == other.call && agents.iter().all(|u| self.of_agent(u) == other.of_agent(u))
     }
 }
 
@@ -356,9 +362,7 @@ pub async fn apply_or_read(
             let stored = loaded((exists, call, channels, agents));
             // At the versions read, the read is older than the write that
             // moved them (see APPLY_CALL_OR_READ): of no use to decide on.
-            let (now, then) = (&stored.versions, read);
-            let newer = now.call != then.call
-                || (changes.consulted.iter()).any(|u| now.of_agent(u) != then.of_agent(u));
+            let newer = !stored.versions.agree_on(read, &changes.consulted);
             Ok(Applied::Moved(newer.then(|| Box::new(stored))))
         }
         _ => Err(Error::Internal(anyhow::anyhow!(
@@ -444,7 +448,7 @@ impl<'a> Params<'a> {
             event,
             call: changes.call.as_ref(),
             user_ids: changes.agents.iter().map(|a| a.user_id.as_str()).collect(),
-            ch: ChannelColumns::of(changes.changed_channels()),
+            ch: ChannelColumns::of(changes.changed_channels(), changes.call_created),
             ag: AgentColumns::of(&changes.agents),
             read_call: read.call,
             read_agents,
@@ -494,7 +498,10 @@ impl<'a> Params<'a> {
     }
 }
 
-/// Channels as parallel arrays, for `unnest`.
+/// Channels as parallel arrays, for `unnest`. The channels of a call that
+/// exists are updated, which takes only what can change once a channel is
+/// made (`update_channels!`); the columns it does not take are bound
+/// empty rather than sent for nothing.
 #[derive(Default)]
 struct ChannelColumns<'a> {
     channel_id: Vec<&'a str>,
@@ -511,21 +518,25 @@ struct ChannelColumns<'a> {
 }
 
 impl<'a> ChannelColumns<'a> {
-    fn of(channels: impl Iterator<Item = &'a Channel>) -> Self {
+    /// `made`: the channels are new (`insert_channels!`), so every
+    /// column is bound.
+    fn of(channels: impl Iterator<Item = &'a Channel>, made: bool) -> Self {
         let mut cols = Self::default();
         for c in channels {
             cols.channel_id.push(c.channel_id.as_str());
-            cols.idx.push(c.index);
-            cols.user_id.push(c.user_id.as_ref().map(UserId::as_str));
-            cols.user_extension
-                .push(c.user_extension.as_ref().map_or("", |e| e.as_str()));
-            cols.originator.push(&c.originator);
-            cols.destination.push(&c.destination);
             cols.state.push(c.state.as_str());
-            cols.call_type.push(c.call_type.as_str());
             cols.release_initiator.push(&c.release_initiator);
             cols.release_reason.push(&c.release_reason);
             cols.changed_at.push(c.timestamp);
+            if made {
+                cols.idx.push(c.index);
+                cols.user_id.push(c.user_id.as_ref().map(UserId::as_str));
+                cols.user_extension
+                    .push(c.user_extension.as_ref().map_or("", |e| e.as_str()));
+                cols.originator.push(&c.originator);
+                cols.destination.push(&c.destination);
+                cols.call_type.push(c.call_type.as_str());
+            }
         }
         cols
     }
