@@ -21,7 +21,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tonic::metadata::{KeyRef, MetadataMap};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -80,10 +80,21 @@ pub fn init_exporting(format: LogFormat, endpoint: &str) -> anyhow::Result<Trace
 fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // A JSON line's `spans` (root first) already holds the current span:
+    // a `span` key as well would format the request span twice a line.
     let log = match format {
         LogFormat::Text => log.boxed(),
-        LogFormat::Json => log.json().flatten_event(true).boxed(),
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed(),
     };
+    // The `unit` span is for the trace export: the log formats every span's
+    // fields when it opens and again on each `record`, and a unit records
+    // its outcome after its last line. Lines logged in a unit name their
+    // action themselves and carry the request's span.
+    let log = log.with_filter(filter_fn(|meta| !(meta.is_span() && meta.name() == "unit")));
     // Only this crate's spans: the exporter's own gRPC client (tonic, h2,
     // hyper) would otherwise trace its own exports, and the SDK's
     // diagnostics belong in the log.
