@@ -107,7 +107,7 @@ impl Versions {
 ///
 /// First the guard: `gc` and `ga` lock the call and the agents the decision
 /// consulted (call first, agents by user ID, as everywhere), and `ok` says
-/// whether they are still the versions read (`$31`, `$32`/`$33`). A lock
+/// whether they are still the versions read (`$20`, `$21`/`$22`). A lock
 /// wait ends with the newest versions, so a concurrent change makes `ok`
 /// false, nothing is written, and no row comes back: the caller reads and
 /// decides again. Every write hangs off `ev`, which exists only if `ok`.
@@ -130,18 +130,18 @@ macro_rules! apply {
             r#"
 WITH gc AS MATERIALIZED (
     SELECT context_id FROM calls
-    WHERE $31::int8 IS NOT NULL AND instance_id = $1 AND job_id = $5
+    WHERE $20::int8 IS NOT NULL AND instance_id = $1 AND job_id = $5
     FOR NO KEY UPDATE
 ), ga AS MATERIALIZED (
     SELECT user_id, context_id FROM agents
-    WHERE instance_id = $1 AND user_id = ANY ($32::text[])
+    WHERE instance_id = $1 AND user_id = ANY ($21::text[])
     ORDER BY user_id
     FOR NO KEY UPDATE
 ), ok AS MATERIALIZED (
-    SELECT ($31::int8 IS NULL OR (SELECT context_id FROM gc) = $31)
+    SELECT ($20::int8 IS NULL OR (SELECT context_id FROM gc) = $20)
        AND (SELECT count(*) FROM ga
-            JOIN unnest($32::text[], $33::int8[]) AS v(user_id, context_id)
-            USING (user_id, context_id)) = cardinality($32::text[]) AS ok
+            JOIN unnest($21::text[], $22::int8[]) AS v(user_id, context_id)
+            USING (user_id, context_id)) = cardinality($21::text[]) AS ok
 ), ev AS (
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM ok WHERE ok.ok
@@ -156,7 +156,7 @@ WITH gc AS MATERIALIZED (
     UPDATE agents
     SET user_state = u.user_state, job_id = u.job_id, break_code = u.break_code,
         outbound_scenario = u.outbound_scenario, context_id = ev.event_id
-    FROM unnest($26::text[], $27::text[], $28::text[], $29::text[], $30::bool[])
+    FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::bool[])
              AS u(user_id, user_state, job_id, break_code, outbound_scenario),
          ev
     WHERE agents.instance_id = $1 AND agents.user_id = u.user_id
@@ -179,7 +179,8 @@ SELECT ev.event_id,
     };
 }
 
-/// Inserts the channels (`$15`–`$25`) of a new call.
+/// Inserts the channels of a new call: the columns every change binds
+/// (`$10`–`$14`) and those only a new call's channels have (`$28`–`$33`).
 macro_rules! insert_channels {
     () => {
         r#"
@@ -187,15 +188,15 @@ macro_rules! insert_channels {
                           originator, destination, channel_state, call_type,
                           release_initiator, release_reason, changed_at)
     SELECT $1, $5, u.*
-    FROM unnest($15::text[], $16::int4[], $17::text[], $18::text[], $19::text[], $20::text[],
-                $21::text[], $22::text[], $23::text[], $24::text[], $25::int8[]) AS u
+    FROM unnest($10::text[], $28::int4[], $29::text[], $30::text[], $31::text[], $32::text[],
+                $11::text[], $33::text[], $12::text[], $13::text[], $14::int8[]) AS u
     WHERE EXISTS (SELECT 1 FROM ev)
     RETURNING 1"#
     };
 }
 
 /// Updates the changed channels of a call that exists: what a channel can
-/// change after it is made (`$21`, `$23`–`$25`, by `$15`). No action adds
+/// change after it is made (`$11`–`$14`, by `$10`). No action adds
 /// a channel to a call that exists; one that did would be caught by the
 /// count of rows written. An update, not an upsert: `ON CONFLICT` probes
 /// the key for an insert first, then locks and updates the row it finds,
@@ -207,7 +208,7 @@ macro_rules! update_channels {
     UPDATE channels
     SET channel_state = u.channel_state, release_initiator = u.release_initiator,
         release_reason = u.release_reason, changed_at = u.changed_at
-    FROM unnest($15::text[], $21::text[], $23::text[], $24::text[], $25::int8[])
+    FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::int8[])
              AS u(channel_id, channel_state, release_initiator, release_reason, changed_at),
          ev
     WHERE channels.instance_id = $1 AND channels.job_id = $5
@@ -220,7 +221,7 @@ macro_rules! update_channels {
 macro_rules! update_call {
     () => {
         r#"
-    UPDATE calls SET ended_at = $14, context_id = ev.event_id
+    UPDATE calls SET ended_at = $9, context_id = ev.event_id
     FROM ev
     WHERE calls.instance_id = $1 AND calls.job_id = $5
     RETURNING 1"#
@@ -232,7 +233,7 @@ const APPLY_NEW_CALL: &str = apply!(
     r#"
     INSERT INTO calls (instance_id, job_id, call_type, initiator, tags, timeout_seconds,
                        created_at, ended_at, context_id)
-    SELECT $1, $5, $9, $10, $11, $12, $13, $14, ev.event_id FROM ev
+    SELECT $1, $5, $23, $24, $25, $26, $27, $9, ev.event_id FROM ev
     RETURNING 1"#,
     insert_channels!()
 );
@@ -242,8 +243,8 @@ const APPLY_CALL: &str = apply!(update_call!(), update_channels!());
 
 /// [`APPLY_CALL`] for a change decided on a call as the replica knew it
 /// (`app::known`): when the guard finds the call or an agent moved on, the
-/// statement reads the call instead, as `store::calls::load` does (`$34`
-/// the actor, `$35` the live states), so deciding again costs no second
+/// statement reads the call instead, as `store::calls::load` does (`$23`
+/// the actor, `$24` the live states), so deciding again costs no second
 /// read. Exactly one row: the write's (event ID and counts) or the read's.
 /// The read sees the statement's snapshot: a write that committed while
 /// the guard waited for its lock is not in it, so the read can show the
@@ -260,7 +261,7 @@ const APPLY_CALL_OR_READ: &str = apply!(
 FROM ev
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, "#,
-        crate::store::calls::call_read_columns!("$1", "$5", "$34", "$35"),
+        crate::store::calls::call_read_columns!("$1", "$5", "$23", "$24"),
         r#"
 FROM ok WHERE NOT ok.ok
 "#
@@ -295,23 +296,23 @@ pub async fn apply_if_current(
     changes: &Changes,
     read: &Versions,
 ) -> Result<Applied, Error> {
-    let statement = match (&changes.call, changes.call_created) {
-        (None, _) => APPLY_NO_CALL,
-        (Some(_), true) => APPLY_NEW_CALL,
-        (Some(_), false) => APPLY_CALL,
-    };
     let params = Params::of(instance, event, changes, read);
-    let written: Option<(i64, i64, i64, i64)> = params
-        .bind(sqlx::query_as(statement))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| match unique_violation(&e) {
-            // Two new calls drew the same JobId (same millisecond, same six
-            // random digits): a lost race like any other; the retry draws
-            // a new one.
-            Some("calls_pkey") => Error::Contended(e.into()),
-            _ => db_error(e),
-        })?;
+    let query = match (params.call, changes.call_created) {
+        (None, _) => params.bind(sqlx::query_as(APPLY_NO_CALL)),
+        (Some(call), true) => params.bind_made(call, params.bind(sqlx::query_as(APPLY_NEW_CALL))),
+        (Some(_), false) => params.bind(sqlx::query_as(APPLY_CALL)),
+    };
+    let written: Option<(i64, i64, i64, i64)> =
+        query
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| match unique_violation(&e) {
+                // Two new calls drew the same JobId (same millisecond, same six
+                // random digits): a lost race like any other; the retry draws
+                // a new one.
+                Some("calls_pkey") => Error::Contended(e.into()),
+                _ => db_error(e),
+            })?;
     let Some((event_id, calls, channels, agents)) = written else {
         return Ok(Applied::Moved(None));
     };
@@ -416,7 +417,9 @@ fn check_written(
     Ok(())
 }
 
-/// The parameters `$1`–`$33` every apply statement takes, as bound.
+/// The parameters every apply statement takes, `$1`–`$22`, as bound; a
+/// statement's own follow (`Params::bind_made` for a new call's,
+/// [`apply_or_read`]'s read), so none binds a parameter it does not use.
 struct Params<'a> {
     instance: &'a InstanceId,
     event: &'a Event<'a>,
@@ -456,34 +459,24 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// `$1`–`$22`.
     fn bind<'q, O>(
         &'q self,
         query: QueryAs<'q, Postgres, O, PgArguments>,
     ) -> QueryAs<'q, Postgres, O, PgArguments> {
-        let (call, ch, ag, event) = (self.call, &self.ch, &self.ag, self.event);
+        let (ch, ag, event) = (&self.ch, &self.ag, self.event);
         query
             .bind(self.instance.as_str())
             .bind(event.request_id)
             .bind(event.action)
             .bind(event.actor)
-            .bind(call.map(|c| c.job_id.as_str()))
+            .bind(self.call.map(|c| c.job_id.as_str()))
             .bind(&self.user_ids)
             .bind(event.before.as_ref())
             .bind(&event.after)
-            .bind(call.map(|c| c.call_type.as_str()))
-            .bind(call.map(|c| c.initiator.as_str()))
-            .bind(call.map(|c| c.tags.as_str()))
-            .bind(call.map(|c| c.timeout_seconds))
-            .bind(call.map(|c| c.created_at))
-            .bind(call.and_then(|c| c.ended_at))
+            .bind(self.call.and_then(|c| c.ended_at))
             .bind(&ch.channel_id)
-            .bind(&ch.idx)
-            .bind(&ch.user_id)
-            .bind(&ch.user_extension)
-            .bind(&ch.originator)
-            .bind(&ch.destination)
             .bind(&ch.state)
-            .bind(&ch.call_type)
             .bind(&ch.release_initiator)
             .bind(&ch.release_reason)
             .bind(&ch.changed_at)
@@ -496,12 +489,34 @@ impl<'a> Params<'a> {
             .bind(&self.read_agents)
             .bind(&self.read_agent_versions)
     }
+
+    /// `$23`–`$33`, after [`Params::bind`]: what only a new call and its
+    /// channels have.
+    fn bind_made<'q, O>(
+        &'q self,
+        call: &'q Call,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        let ch = &self.ch;
+        query
+            .bind(call.call_type.as_str())
+            .bind(call.initiator.as_str())
+            .bind(call.tags.as_str())
+            .bind(call.timeout_seconds)
+            .bind(call.created_at)
+            .bind(&ch.idx)
+            .bind(&ch.user_id)
+            .bind(&ch.user_extension)
+            .bind(&ch.originator)
+            .bind(&ch.destination)
+            .bind(&ch.call_type)
+    }
 }
 
 /// Channels as parallel arrays, for `unnest`. The channels of a call that
 /// exists are updated, which takes only what can change once a channel is
-/// made (`update_channels!`); the columns it does not take are bound
-/// empty rather than sent for nothing.
+/// made (`update_channels!`); the columns only a new channel has are
+/// filled for new channels alone (`Params::bind_made`).
 #[derive(Default)]
 struct ChannelColumns<'a> {
     channel_id: Vec<&'a str>,
@@ -519,7 +534,7 @@ struct ChannelColumns<'a> {
 
 impl<'a> ChannelColumns<'a> {
     /// `made`: the channels are new (`insert_channels!`), so every
-    /// column is bound.
+    /// column is filled.
     fn of(channels: impl Iterator<Item = &'a Channel>, made: bool) -> Self {
         let mut cols = Self::default();
         for c in channels {
