@@ -297,11 +297,16 @@ pub async fn apply_if_current(
     read: &Versions,
 ) -> Result<Applied, Error> {
     let params = Params::of(instance, event, changes, read);
-    let query = match (params.call, changes.call_created) {
-        (None, _) => params.bind(sqlx::query_as(APPLY_NO_CALL)),
-        (Some(call), true) => params.bind_made(call, params.bind(sqlx::query_as(APPLY_NEW_CALL))),
-        (Some(_), false) => params.bind(sqlx::query_as(APPLY_CALL)),
+    // A new call's statement takes its own parameters after the others.
+    let (statement, made) = match (params.call, changes.call_created) {
+        (None, _) => (APPLY_NO_CALL, None),
+        (Some(call), true) => (APPLY_NEW_CALL, Some(call)),
+        (Some(_), false) => (APPLY_CALL, None),
     };
+    let mut query = params.bind(sqlx::query_as(statement));
+    if let Some(call) = made {
+        query = params.bind_made(call, query);
+    }
     let written: Option<(i64, i64, i64, i64)> =
         query
             .fetch_optional(&mut *conn)
