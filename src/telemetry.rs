@@ -94,7 +94,10 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) -> bool {
     // fields when it opens and again on each `record`, and a unit records
     // its outcome after its last line. Lines logged in a unit name their
     // action themselves and carry the request's span.
-    let log = log.with_filter(filter_fn(|meta| !(meta.is_span() && meta.name() == "unit")));
+    let log = log.with_filter(filter_fn(|meta| {
+        let ours = meta.target().starts_with(env!("CARGO_CRATE_NAME"));
+        !(meta.is_span() && meta.name() == "unit" && ours)
+    }));
     // Only this crate's spans: the exporter's own gRPC client (tonic, h2,
     // hyper) would otherwise trace its own exports, and the SDK's
     // diagnostics belong in the log.
