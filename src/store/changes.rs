@@ -297,27 +297,22 @@ pub async fn apply_if_current(
     read: &Versions,
 ) -> Result<Applied, Error> {
     let params = Params::of(instance, event, changes, read);
-    // A new call's statement takes its own parameters after the others.
-    let (statement, made) = match (params.call, changes.call_created) {
-        (None, _) => (APPLY_NO_CALL, None),
-        (Some(call), true) => (APPLY_NEW_CALL, Some(call)),
-        (Some(_), false) => (APPLY_CALL, None),
+    let statement = match (params.call, params.made) {
+        (None, _) => APPLY_NO_CALL,
+        (Some(_), Some(_)) => APPLY_NEW_CALL,
+        (Some(_), None) => APPLY_CALL,
     };
-    let mut query = params.bind(sqlx::query_as(statement));
-    if let Some(call) = made {
-        query = params.bind_made(call, query);
-    }
-    let written: Option<(i64, i64, i64, i64)> =
-        query
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| match unique_violation(&e) {
-                // Two new calls drew the same JobId (same millisecond, same six
-                // random digits): a lost race like any other; the retry draws
-                // a new one.
-                Some("calls_pkey") => Error::Contended(e.into()),
-                _ => db_error(e),
-            })?;
+    let written: Option<(i64, i64, i64, i64)> = params
+        .bind_made(params.bind(sqlx::query_as(statement)))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| match unique_violation(&e) {
+            // Two new calls drew the same JobId (same millisecond, same six
+            // random digits): a lost race like any other; the retry draws
+            // a new one.
+            Some("calls_pkey") => Error::Contended(e.into()),
+            _ => db_error(e),
+        })?;
     let Some((event_id, calls, channels, agents)) = written else {
         return Ok(Applied::Moved(None));
     };
@@ -429,6 +424,8 @@ struct Params<'a> {
     instance: &'a InstanceId,
     event: &'a Event<'a>,
     call: Option<&'a Call>,
+    /// The call, if the change creates it: its statement takes `$23`–`$33`.
+    made: Option<&'a Call>,
     user_ids: Vec<&'a str>,
     ch: ChannelColumns<'a>,
     ag: AgentColumns<'a>,
@@ -451,12 +448,15 @@ impl<'a> Params<'a> {
             .iter()
             .map(|user| (user.as_str(), read.of_agent(user)))
             .unzip();
+        let call = changes.call.as_ref();
+        let made = call.filter(|_| changes.call_created);
         Self {
             instance,
             event,
-            call: changes.call.as_ref(),
+            call,
+            made,
             user_ids: changes.agents.iter().map(|a| a.user_id.as_str()).collect(),
-            ch: ChannelColumns::of(changes.changed_channels(), changes.call_created),
+            ch: ChannelColumns::of(changes.changed_channels(), made.is_some()),
             ag: AgentColumns::of(&changes.agents),
             read_call: read.call,
             read_agents,
@@ -496,13 +496,14 @@ impl<'a> Params<'a> {
     }
 
     /// `$23`–`$33`, after [`Params::bind`]: what only a new call and its
-    /// channels have.
+    /// channels have; nothing for a change that makes no call.
     fn bind_made<'q, O>(
         &'q self,
-        call: &'q Call,
         query: QueryAs<'q, Postgres, O, PgArguments>,
     ) -> QueryAs<'q, Postgres, O, PgArguments> {
-        let ch = &self.ch;
+        let (Some(call), ch) = (self.made, &self.ch) else {
+            return query;
+        };
         query
             .bind(call.call_type.as_str())
             .bind(call.initiator.as_str())
