@@ -394,6 +394,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub known_calls: u32,
 
+    /// Most agents whose state this replica keeps after reading or writing
+    /// them, to decide StartConference and ReadyForService without reading
+    /// the agents first (one round trip instead of two while no other
+    /// replica changed them); 0 keeps none.
+    #[arg(long, env = "CCC_KNOWN_AGENTS", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub known_agents: u32,
+
     /// Most concurrent streams (calls) one client connection may open
     /// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     #[arg(long, env = "CCC_MAX_STREAMS_PER_CONNECTION", default_value_t = 128,

@@ -87,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
                 max_concurrent_requests: args.max_concurrent_requests as usize,
                 known_calls: args.known_calls as usize,
+                known_agents: args.known_agents as usize,
                 max_streams_per_connection: args.max_streams_per_connection,
                 max_request_bytes: args.max_request_bytes as usize,
                 watch: WatchOptions {

@@ -127,33 +127,50 @@ pub fn token_cache(hit: bool) {
     counter!("ccc_token_cache_total", "result" => result).increment(1);
 }
 
-/// How an action on a call used what the replica knew of it (`app::known`).
+/// How an action used what the replica knew of its call or its agents
+/// (`app::known`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KnownUse {
     /// Decided on what was known and written: one round trip.
     Hit,
     /// Decided on what was known, but another replica had changed the call
-    /// or an agent since: the guarded write wrote nothing, the call was
-    /// read (by that write when the replica expects stale calls), and the
-    /// action decided again (two or three round trips).
+    /// or an agent since: the guarded write wrote nothing, the call or the
+    /// agents were read (the call by that write when the replica expects
+    /// stale calls), and the action decided again (two or three round
+    /// trips).
     Stale,
     /// Known, but what was known led to no write (a retry, a refusal),
     /// which is answered only from a fresh read.
     Unsure,
     /// Not known: read first.
     Unknown,
+    /// Agents known, but not tried, since agents have lately been found
+    /// stale: read first (the read shows whether they were as known).
+    Untried,
 }
 
 /// `ccc_known_calls_total{result}`: actions on a call by how what this
 /// replica knew of the call served them.
 pub fn known_call(used: KnownUse) {
-    let result = match used {
-        KnownUse::Hit => "hit",
-        KnownUse::Stale => "stale",
-        KnownUse::Unsure => "unsure",
-        KnownUse::Unknown => "unknown",
-    };
-    counter!("ccc_known_calls_total", "result" => result).increment(1);
+    counter!("ccc_known_calls_total", "result" => used.label()).increment(1);
+}
+
+/// `ccc_known_agents_total{result}`: StartConference and ReadyForService
+/// by how what this replica knew of their agents served them.
+pub fn known_agents(used: KnownUse) {
+    counter!("ccc_known_agents_total", "result" => used.label()).increment(1);
+}
+
+impl KnownUse {
+    fn label(self) -> &'static str {
+        match self {
+            KnownUse::Hit => "hit",
+            KnownUse::Stale => "stale",
+            KnownUse::Unsure => "unsure",
+            KnownUse::Unknown => "unknown",
+            KnownUse::Untried => "untried",
+        }
+    }
 }
 
 /// `ccc_events_appended_total{action}`: changes recorded in the event log.

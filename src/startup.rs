@@ -224,6 +224,8 @@ pub struct ServeOptions {
     pub max_concurrent_requests: usize,
     /// Most calls whose state the replica keeps to decide on.
     pub known_calls: usize,
+    /// Most agents whose state the replica keeps to decide on.
+    pub known_agents: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per client connection.
     pub max_streams_per_connection: u32,
     /// Largest encoded request accepted, in bytes.
@@ -246,6 +248,7 @@ impl Default for ServeOptions {
             shutdown_timeout: Duration::from_secs(15),
             max_concurrent_requests: 512,
             known_calls: Limits::default().known_calls,
+            known_agents: Limits::default().known_agents,
             max_streams_per_connection: 128,
             max_request_bytes: 64 * 1024,
             watch: WatchOptions::default(),
@@ -275,6 +278,7 @@ impl Application {
             db_timeout: options.db_timeout,
             max_concurrent_requests: options.max_concurrent_requests,
             known_calls: options.known_calls,
+            known_agents: options.known_agents,
         };
         let app = App::with_limits(
             Store::new(pool),

@@ -1,6 +1,7 @@
 //! StartConference, EndConference and ReportChannelEvent. The two actions
 //! on a call that exists run through [`act_on_call`], which decides on the
-//! call as this replica last wrote it when it can (`super::known`).
+//! call as this replica last wrote it when it can (`super::known`);
+//! StartConference, decided on agents alone, through `super::on_agents`.
 
 use crate::domain::conference::{self, NewCall};
 use crate::domain::events;
@@ -12,15 +13,16 @@ use sqlx::PgConnection;
 use std::ops::ControlFlow;
 
 use crate::error::Error;
-use crate::store::agents::{self, LoadedAgents};
+use crate::store::agents::LoadedAgents;
 use crate::store::calls::{self, LoadedCall};
 use crate::store::changes::{self, Applied};
 
-use super::known::{CallKey, KnownCalls};
+use super::known::{CallKey, Known};
+use super::on_agents::{OnAgents, act_on_agents};
 use super::unit::Atomicity;
 use super::{
-    App, Before, CallAndAgent, Done, Idempotent, RequestContext, agent_row, call_row, change_event,
-    now, shared,
+    App, Before, CallAndAgent, Decided, Done, Idempotent, RequestContext, agent_row, call_row,
+    change_event, now, shared,
 };
 
 #[derive(Debug, Clone)]
@@ -73,7 +75,7 @@ impl App {
             idempotent,
             move |conn| {
                 let (job, known) = (job.clone(), known.clone());
-                Box::pin(async move { try_start_conference(conn, &job.0, &job.1, &known).await })
+                Box::pin(async move { act_on_agents(conn, &job.0, &job.1, &known).await })
             },
         )
         .await
@@ -122,43 +124,73 @@ impl App {
     }
 }
 
-async fn try_start_conference(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    cmd: &StartConference,
-    known: &KnownCalls,
-) -> Result<CallAndAgent, Error> {
-    // Only entries shaped like an extension can name an agent.
-    let extensions: Vec<Extension> = cmd
-        .participants
-        .iter()
-        .filter_map(|p| Extension::recognize(p))
-        .collect();
-    let loaded = open_agents(conn, &cmd.instance_id, &cmd.user_id, &extensions).await?;
-    let initiator = loaded
-        .agent(&cmd.user_id)
-        .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
-    let now = now();
-    let new_job = JobId::generate(now, rand::random());
-    let new = NewCall {
-        job_id: new_job.clone(),
-        now,
-        timeout_seconds: cmd.timeout_seconds,
-        tags: cmd.tags.clone(),
-    };
-    let changes = conference::start(initiator, &cmd.participants, &loaded.agents, new)?;
-    let event = change_event(ctx, "StartConference", None, &changes)?;
-    let context_id =
-        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
-    let key = (cmd.instance_id.clone(), new_job);
-    known.remember(key, &loaded.agents, &loaded.versions, &changes, context_id);
-    let agent = changes.agent_after(initiator).clone();
-    let call = changes.call.expect("a started conference is a call");
-    Ok(CallAndAgent {
-        call,
-        agent,
-        context_id,
-    })
+impl OnAgents for StartConference {
+    type Answer = CallAndAgent;
+
+    fn instance(&self) -> &InstanceId {
+        &self.instance_id
+    }
+
+    fn user(&self) -> &UserId {
+        &self.user_id
+    }
+
+    fn extensions(&self) -> Vec<Extension> {
+        // Only entries shaped like an extension can name an agent.
+        self.participants
+            .iter()
+            .filter_map(|p| Extension::recognize(p))
+            .collect()
+    }
+
+    /// A new call, with a JobId of its own.
+    fn decide(&self, found: &LoadedAgents) -> Result<Decided<CallAndAgent>, Error> {
+        let initiator = found
+            .agent(&self.user_id)
+            .ok_or_else(|| Error::user_not_found(&self.user_id, &self.instance_id))?;
+        let now = now();
+        let new = NewCall {
+            job_id: JobId::generate(now, rand::random()),
+            now,
+            timeout_seconds: self.timeout_seconds,
+            tags: self.tags.clone(),
+        };
+        conference::start(initiator, &self.participants, &found.agents, new).map(Decided::Changed)
+    }
+
+    fn event<'a>(
+        &self,
+        ctx: &'a RequestContext,
+        _found: &LoadedAgents,
+        changes: &Changes,
+    ) -> Result<changes::Event<'a>, Error> {
+        change_event(ctx, "StartConference", None, changes)
+    }
+
+    /// The replica keeps the new call as well as its agents.
+    fn answer(
+        &self,
+        found: &LoadedAgents,
+        changes: Changes,
+        context_id: i64,
+        known: &Known,
+    ) -> CallAndAgent {
+        let call = changes
+            .call
+            .as_ref()
+            .expect("a started conference is a call");
+        let key = (self.instance_id.clone(), call.job_id.clone());
+        known
+            .calls
+            .remember(key, &found.agents, &found.versions, &changes, context_id);
+        let initiator = found.agent(&self.user_id).expect("decided on");
+        let agent = changes.agent_after(initiator).clone();
+        CallAndAgent {
+            call: changes.call.expect("a started conference is a call"),
+            agent,
+            context_id,
+        }
+    }
 }
 
 /// An action on a call that exists: what it reads with the call and how it
@@ -180,16 +212,6 @@ trait OnCall: Sync {
     /// The answer once `changes`, decided on `found`, are written as event
     /// `context_id`.
     fn answer(&self, found: &LoadedCall, changes: Changes, context_id: i64) -> Self::Answer;
-}
-
-/// What an action decided.
-// Made and matched at once, never stored: boxing `Changes` would only add
-// an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Decided<T> {
-    /// Nothing to change (a retry): this is the answer.
-    Unchanged(T),
-    Changed(Changes),
 }
 
 /// The call found, or CallNotFound.
@@ -301,11 +323,11 @@ async fn act_on_call<A: OnCall>(
     conn: &mut PgConnection,
     ctx: &RequestContext,
     action: &A,
-    known: &KnownCalls,
+    known: &Known,
 ) -> Result<A::Answer, Error> {
     let (instance, job) = action.call();
     let key = (instance.clone(), job.clone());
-    let stored = match known.take(&key) {
+    let stored = match known.calls.take(&key) {
         None => {
             measure::known_call(KnownUse::Unknown);
             None
@@ -322,6 +344,7 @@ async fn act_on_call<A: OnCall>(
         Some(stored) => opened(*stored, instance)?,
         None => open_call(conn, instance, job, action.actor()).await?,
     };
+    known.agents.read(&found.agents, &found.versions);
     match action.decide(&found)? {
         Decided::Unchanged(answer) => Ok(answer),
         Decided::Changed(changes) => {
@@ -334,16 +357,20 @@ async fn act_on_call<A: OnCall>(
 }
 
 /// The answer once `changes`, decided on `found`, are written as event
-/// `context_id`; the replica keeps the call as they left it.
+/// `context_id`; the replica keeps the call and its agents as they left
+/// them.
 fn written<A: OnCall>(
     action: &A,
-    known: &KnownCalls,
+    known: &Known,
     key: CallKey,
     found: &LoadedCall,
     changes: Changes,
     context_id: i64,
 ) -> A::Answer {
-    known.remember(key, &found.agents, &found.versions, &changes, context_id);
+    known.agents.written(&changes, context_id);
+    known
+        .calls
+        .remember(key, &found.agents, &found.versions, &changes, context_id);
     action.answer(found, changes, context_id)
 }
 
@@ -355,7 +382,7 @@ async fn on_known<A: OnCall>(
     conn: &mut PgConnection,
     ctx: &RequestContext,
     action: &A,
-    known: &KnownCalls,
+    known: &Known,
     found: &LoadedCall,
 ) -> Result<ControlFlow<(Changes, i64), Option<Box<LoadedCall>>>, Error> {
     let Ok(Decided::Changed(changes)) = action.decide(found) else {
@@ -364,7 +391,7 @@ async fn on_known<A: OnCall>(
     };
     let event = event_of(ctx, A::NAME, found, &changes)?;
     let (instance, read) = (action.call().0, &found.versions);
-    let applied = if known.expect_stale() {
+    let applied = if known.calls.expect_stale() {
         changes::apply_or_read(conn, instance, &event, &changes, read, action.actor()).await?
     } else {
         changes::apply_if_current(conn, instance, &event, &changes, read).await?
@@ -372,12 +399,12 @@ async fn on_known<A: OnCall>(
     Ok(match applied {
         Applied::Written(context_id) => {
             measure::known_call(KnownUse::Hit);
-            known.found(false);
+            known.calls.found(false);
             ControlFlow::Break((changes, context_id))
         }
         Applied::Moved(stored) => {
             measure::known_call(KnownUse::Stale);
-            known.found(true);
+            known.calls.found(true);
             ControlFlow::Continue(stored)
         }
     })
@@ -410,21 +437,6 @@ async fn open_call(
 
 /// The call as read, or InstanceNotFound.
 fn opened(loaded: LoadedCall, instance: &InstanceId) -> Result<LoadedCall, Error> {
-    if !loaded.instance_exists {
-        return Err(Error::InstanceNotFound(instance.to_string()));
-    }
-    Ok(loaded)
-}
-
-/// Loads `user` and the agents with `extensions`; fails if the
-/// instance is unknown.
-pub(super) async fn open_agents(
-    conn: &mut PgConnection,
-    instance: &InstanceId,
-    user: &UserId,
-    extensions: &[Extension],
-) -> Result<LoadedAgents, Error> {
-    let loaded = agents::load(conn, instance, user, extensions).await?;
     if !loaded.instance_exists {
         return Err(Error::InstanceNotFound(instance.to_string()));
     }

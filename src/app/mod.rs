@@ -10,6 +10,7 @@ mod access;
 mod conference;
 mod events;
 mod known;
+mod on_agents;
 mod provisioning;
 mod status;
 mod unit;
@@ -39,7 +40,7 @@ pub struct App {
     tokens: TokenCache,
     units: unit::Units,
     events: events::Events,
-    known: known::KnownCalls,
+    known: known::Known,
 }
 
 /// Who asked, under which request ID, and by when the answer is due.
@@ -83,7 +84,7 @@ impl App {
             tokens,
             units,
             events,
-            known: known::KnownCalls::new(limits.known_calls),
+            known: known::Known::new(limits.known_calls, limits.known_agents),
         }
     }
 
@@ -146,6 +147,16 @@ fn now() -> Millis {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What an action decided.
+// Made and matched at once, never stored: boxing `Changes` would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Decided<T> {
+    /// Nothing to change (a retry): this is the answer.
+    Unchanged(T),
+    Changed(Changes),
 }
 
 /// The state an action found, for its event's `before`.

@@ -1,16 +1,18 @@
 //! PollUserStatus and ReadyForService: an agent's state.
 
-use sqlx::PgConnection;
-
-use crate::domain::ids::{InstanceId, UserId};
+use crate::domain::ids::{Extension, InstanceId, UserId};
 use crate::domain::{Agent, Call, Changes, events};
 use crate::error::Error;
-use crate::store::changes;
+use crate::store::agents::LoadedAgents;
+use crate::store::changes::Event;
 use crate::store::status;
 
-use super::conference::open_agents;
+use super::known::Known;
+use super::on_agents::{OnAgents, act_on_agents};
 use super::unit::{Atomicity, Lane};
-use super::{App, Before, Done, Idempotent, RequestContext, agent_row, change_event, shared};
+use super::{
+    App, Before, Decided, Done, Idempotent, RequestContext, agent_row, change_event, shared,
+};
 
 #[derive(Debug, Clone)]
 pub struct PollUserStatus {
@@ -66,7 +68,7 @@ impl App {
         cmd: &ReadyForService,
         idempotent: Option<Idempotent<(Agent, i64)>>,
     ) -> Result<Done<(Agent, i64)>, Error> {
-        let job = shared(ctx, cmd);
+        let (job, known) = (shared(ctx, cmd), self.known.clone());
         self.write(
             "ReadyForService",
             Some(agent_row(&cmd.instance_id, &cmd.user_id)),
@@ -74,35 +76,62 @@ impl App {
             Atomicity::Statement,
             idempotent,
             move |conn| {
-                let job = job.clone();
-                Box::pin(async move { try_ready_for_service(conn, &job.0, &job.1).await })
+                let (job, known) = (job.clone(), known.clone());
+                Box::pin(async move { act_on_agents(conn, &job.0, &job.1, &known).await })
             },
         )
         .await
     }
 }
 
-async fn try_ready_for_service(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    cmd: &ReadyForService,
-) -> Result<(Agent, i64), Error> {
-    let loaded = open_agents(conn, &cmd.instance_id, &cmd.user_id, &[]).await?;
-    let agent = loaded
-        .agent(&cmd.user_id)
-        .ok_or_else(|| Error::user_not_found(&cmd.user_id, &cmd.instance_id))?;
-    let ready = agent.ready_for_service(cmd.outbound_scenario)?;
-    if &ready == agent {
-        return Ok((ready, loaded.versions.of_agent(&cmd.user_id)));
+impl OnAgents for ReadyForService {
+    type Answer = (Agent, i64);
+
+    fn instance(&self) -> &InstanceId {
+        &self.instance_id
     }
-    let changes = Changes::of_agent(ready);
-    let before = Before {
-        call: None,
-        agents: std::slice::from_ref(agent),
-    };
-    let event = change_event(ctx, "ReadyForService", Some(before), &changes)?;
-    let context_id =
-        changes::apply(conn, &cmd.instance_id, &event, &changes, &loaded.versions).await?;
-    let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
-    Ok((ready, context_id))
+
+    fn user(&self) -> &UserId {
+        &self.user_id
+    }
+
+    fn extensions(&self) -> Vec<Extension> {
+        Vec::new()
+    }
+
+    fn decide(&self, found: &LoadedAgents) -> Result<Decided<(Agent, i64)>, Error> {
+        let agent = found
+            .agent(&self.user_id)
+            .ok_or_else(|| Error::user_not_found(&self.user_id, &self.instance_id))?;
+        let ready = agent.ready_for_service(self.outbound_scenario)?;
+        Ok(if &ready == agent {
+            Decided::Unchanged((ready, found.versions.of_agent(&self.user_id)))
+        } else {
+            Decided::Changed(Changes::of_agent(ready))
+        })
+    }
+
+    fn event<'a>(
+        &self,
+        ctx: &'a RequestContext,
+        found: &LoadedAgents,
+        changes: &Changes,
+    ) -> Result<Event<'a>, Error> {
+        let before = Before {
+            call: None,
+            agents: &found.agents,
+        };
+        change_event(ctx, "ReadyForService", Some(before), changes)
+    }
+
+    fn answer(
+        &self,
+        _found: &LoadedAgents,
+        changes: Changes,
+        context_id: i64,
+        _known: &Known,
+    ) -> (Agent, i64) {
+        let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
+        (ready, context_id)
+    }
 }

@@ -55,6 +55,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// Most calls whose state the replica keeps to decide on (`known`).
     pub known_calls: usize,
+    /// Most agents whose state the replica keeps to decide on (`known`).
+    pub known_agents: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +66,7 @@ impl Default for Limits {
             db_timeout: Duration::from_secs(5),
             max_concurrent_requests: 512,
             known_calls: 4096,
+            known_agents: 8192,
         }
     }
 }

@@ -18,6 +18,7 @@ mod failures;
 mod faults;
 mod health;
 mod kept_connections;
+mod known_agents;
 mod known_calls;
 mod logs;
 mod poll_and_ready;

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ccc_callcontrol::bench::relay::Relay;
+use ccc_callcontrol::proto::UserState;
 use ccc_callcontrol::proto::channel_context::ChannelState;
 use ccc_callcontrol::startup::ServeOptions;
 use sqlx::PgPool;
@@ -323,4 +324,70 @@ async fn the_guard_holds_only_the_agents_the_decision_went_by(pool: PgPool) {
         counts[1].1 > 1,
         "carol's release, found stale and read: {counts:?}"
     );
+}
+
+/// Alice starts a call with bob and a customer on `app`, which then ends,
+/// and is made ready again: the round trips of her start and of her ready.
+/// Rows are read through `other`: the counted replica's only connection is
+/// kept by its server.
+async fn start_then_ready(
+    relay: &Relay,
+    app: &TestApp,
+    other: &TestApp,
+    alice: &str,
+    bob: &str,
+) -> (u64, u64) {
+    let (started, start) = counted(relay, app.start(alice, &["8002", CUSTOMER])).await;
+    let call = started.expect("StartConference").call_context.unwrap();
+    let conf = Conference {
+        job_id: call.job_id.clone(),
+        channels: call.channel_contexts,
+    };
+    let to_bob = conf.channel_to("8002");
+    app.report(&conf.job_id, &to_bob, ChannelState::Released)
+        .await
+        .unwrap();
+    app.end(alice, &conf.job_id).await.unwrap();
+    assert_eq!(other.stored_agent(alice).await.0, "WORKING");
+    assert_eq!(other.stored_agent(bob).await.0, "READY");
+    let (ready, readied) = counted(relay, app.ready(alice)).await;
+    assert_eq!(
+        ready.expect("ReadyForService").user_state(),
+        UserState::Ready
+    );
+    (start, readied)
+}
+
+/// StartConference and ReadyForService on agents the counted replica
+/// knows (`app::known::KnownAgents`): the guarded write alone, one round
+/// trip, whatever the parties. On an agent another replica moved since,
+/// the write that writes nothing, the read, the write: three. Then, while
+/// agents are lately found stale, the read and the write: two.
+#[sqlx::test]
+async fn start_and_ready_round_trips_on_known_agents(pool: PgPool) {
+    let (relay, app) = counted_replica(&pool).await;
+    let other = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice", "bob"]).await;
+    let (alice, bob) = (&agents[0].0, &agents[1].0);
+
+    let mut counts = Vec::new();
+    // The first two rounds may still prepare statements.
+    for _ in 0..4 {
+        counts.push(start_then_ready(&relay, &app, &other, alice, bob).await);
+    }
+    // Alice's call and ready through another replica move her on.
+    other.make_working(alice).await;
+    other.ready(alice).await.unwrap();
+    counts.push(start_then_ready(&relay, &app, &other, alice, bob).await);
+    counts.push(start_then_ready(&relay, &app, &other, alice, bob).await);
+
+    println!("round trips per (StartConference, ReadyForService): {counts:?}");
+    assert_eq!(counts[2..4], [(1, 1), (1, 1)], "as known: {counts:?}");
+    assert_eq!(
+        counts[4],
+        (3, 2),
+        "alice stale: the write that wrote nothing, the read, the write; \
+         then no longer trusted: the read, the write: {counts:?}"
+    );
+    assert_eq!(counts[5], (2, 2), "not trusted yet: {counts:?}");
 }

@@ -199,10 +199,18 @@ async fn a_new_instance_unknown_to_the_statistics_is_still_read_by_key(pool: PgP
 /// VACUUMs `agents` until no dead version is left in it. A VACUUM keeps
 /// the versions some snapshot of the database may still see, and an
 /// autovacuum ANALYZE of any table holds one while it runs (seen with the
-/// whole suite running: 7 agent tuples returned instead of 3).
+/// whole suite running: 7 agent tuples returned instead of 3). And its
+/// index cleanup is forced: with dead versions on under 2 % of the pages
+/// PostgreSQL skips the indexes, whose entries for those versions a probe
+/// then returns until a scan marks them dead. The service's own reads used
+/// to do that marking; a replica that knows its agents no longer reads
+/// them first.
 async fn vacuum_agents(pool: &PgPool) {
     for _ in 0..100 {
-        sqlx::query("VACUUM agents").execute(pool).await.unwrap();
+        sqlx::query("VACUUM (INDEX_CLEANUP ON) agents")
+            .execute(pool)
+            .await
+            .unwrap();
         // What the VACUUM could not remove yet; it reports it as it ends.
         let dead: i64 = sqlx::query_scalar(
             "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'agents'",

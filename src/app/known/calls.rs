@@ -1,16 +1,8 @@
 //! The calls this replica knows: for each call it wrote last, the state
 //! and versions that write left, so that the next action on the call can
-//! be decided without reading it first.
-//!
-//! Knowing is never trusting. A decision made on a known call is only
-//! written through the guarded apply (`store::changes`), which writes
-//! nothing unless the call and every agent the decision read are still at
-//! the versions known; every write to those rows moves their version. So
-//! a stale entry costs a statement that writes nothing (and reads the call
-//! as stored instead, `changes::apply_or_read`), never a wrong write. And
-//! only writes are decided this way: an answer that writes nothing (a
-//! retry, a refusal) is always made from a fresh read, since no guard
-//! would catch it being stale.
+//! be decided without reading it first. A stale entry costs a statement
+//! that writes nothing (and, written as `changes::apply_or_read`, reads
+//! the call as stored instead).
 //!
 //! Bounded: the least recently used call is forgotten first.
 //!
@@ -23,7 +15,6 @@
 //! its own recent share of stale calls ([`StaleShare`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hashlink::LruCache;
@@ -33,15 +24,17 @@ use crate::domain::{Agent, Changes};
 use crate::store::calls::LoadedCall;
 use crate::store::changes::Versions;
 
+use super::{StaleShare, lock};
+
 /// A call, by tenant first.
-pub(super) type CallKey = (InstanceId, JobId);
+pub(in crate::app) type CallKey = (InstanceId, JobId);
 
 /// Each call's state as last known, most recently used last.
 type Entries = LruCache<CallKey, Arc<LoadedCall>>;
 
 /// The calls this replica knows; cheap to clone.
 #[derive(Clone)]
-pub(super) struct KnownCalls {
+pub(in crate::app) struct KnownCalls {
     /// `None` when the replica is told to know none.
     entries: Option<Arc<Mutex<Entries>>>,
     /// How often a known call was found moved on, lately.
@@ -55,15 +48,9 @@ impl std::fmt::Debug for KnownCalls {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // An entry is replaced whole under the lock, so a panic elsewhere
-    // cannot leave one half-written.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl KnownCalls {
     /// Knows at most `capacity` calls; 0 knows none.
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(in crate::app) fn new(capacity: usize) -> Self {
         Self {
             entries: (capacity > 0).then(|| Arc::new(Mutex::new(LruCache::new(capacity)))),
             stale: Arc::default(),
@@ -74,26 +61,26 @@ impl KnownCalls {
     /// the call for when the guard finds it moved on: yes once known calls
     /// have lately been stale often enough that the round trips this saves
     /// outweigh what the read costs every write.
-    pub(super) fn expect_stale(&self) -> bool {
+    pub(in crate::app) fn expect_stale(&self) -> bool {
         self.stale.is_high()
     }
 
     /// Records whether a write decided on a known call found it moved on.
-    pub(super) fn found(&self, stale: bool) {
+    pub(in crate::app) fn found(&self, stale: bool) {
         self.stale.record(stale);
     }
 
     /// The call as known, forgotten until [`KnownCalls::remember`] keeps
     /// it again: whatever else the action finds (a stale entry, a refusal,
     /// a failure), what was known is of no more use.
-    pub(super) fn take(&self, key: &CallKey) -> Option<Arc<LoadedCall>> {
+    pub(in crate::app) fn take(&self, key: &CallKey) -> Option<Arc<LoadedCall>> {
         lock(self.entries.as_ref()?).remove(key)
     }
 
     /// Keeps the call as `changes` (decided on `agents` read at `versions`)
     /// left it once written by event `context_id`, for the next action on
     /// it.
-    pub(super) fn remember(
+    pub(in crate::app) fn remember(
         &self,
         key: CallKey,
         agents: &[Agent],
@@ -118,42 +105,6 @@ impl KnownCalls {
             let call = Arc::new(call);
             lock(entries).insert(key, call);
         }
-    }
-}
-
-/// The share of recent writes on known calls that found the call moved
-/// on: an exponentially weighted average (each write weighs 1/8, so about
-/// the last 16 writes count, and a change in how the mesh routes shows
-/// within a few dozen), in 1/65536ths.
-///
-/// The threshold, from `docs/performance.md` ("Deciding on what the
-/// replica knows"): the read carried in the write costs every write about
-/// 29 to 42 µs of backend CPU; a stale call written plainly costs the load
-/// besides, about 160 µs of CPU (backends and service) and a round trip of
-/// latency. They break even near one stale call in five; the threshold,
-/// one in sixteen, leans towards saving the round trip, since that is
-/// latency the caller waits for.
-#[derive(Debug, Default)]
-struct StaleShare(AtomicU32);
-
-impl StaleShare {
-    const ONE: u32 = 1 << 16;
-    const WEIGHT_SHIFT: u32 = 3;
-    const HIGH: u32 = Self::ONE / 16;
-    /// What one stale write adds: its weight, times one.
-    const STALE: u32 = Self::ONE >> Self::WEIGHT_SHIFT;
-
-    fn record(&self, stale: bool) {
-        let add = u32::from(stale) * Self::STALE;
-        let step = |share: u32| Some(share - (share >> Self::WEIGHT_SHIFT) + add);
-        // Writers on other threads may interleave; each update is whole.
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step);
-    }
-
-    fn is_high(&self) -> bool {
-        self.0.load(Ordering::Relaxed) >= Self::HIGH
     }
 }
 
@@ -203,6 +154,7 @@ mod tests {
     use crate::domain::ids::Extension;
     use crate::domain::states::ChannelState::{Answered, Released};
     use crate::domain::states::{UserState, WorkMode};
+    use std::sync::atomic::Ordering;
 
     fn agent(n: usize) -> Agent {
         Agent {
