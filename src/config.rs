@@ -138,6 +138,16 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub watchers_per_connection: u32,
 
+    /// With --spawn: run this many replicas of the service in this
+    /// process, each with its own database pool and its own knowledge of
+    /// calls and agents (as separate replicas have), and send each request
+    /// to one of them at random, as a mesh that spreads requests would:
+    /// a call's actions then mostly reach a replica that did not act on it
+    /// last. Each worker keeps --connections' share of connections to each.
+    #[arg(long, default_value_t = 1, conflicts_with = "target",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
+
     /// With --spawn: route the service's database connections through a
     /// relay in this process that counts round trips (each Sync or simple
     /// Query the service sends). The relay is an extra hop, and it turns

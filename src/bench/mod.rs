@@ -63,10 +63,14 @@ impl From<&BenchArgs> for Settings {
     }
 }
 
-/// Where the requests go: connections to one service and an operator
-/// token. Worker `i` uses connection `i % len`.
+/// Where the requests go: connections to the service (or to each of its
+/// `replicas`, in that many equal runs) and an operator token. Worker `i`
+/// uses connection `i % len` of each replica's run.
 pub struct Target {
     pub channels: Vec<Channel>,
+    /// How many replicas `channels` reach; each request goes to one at
+    /// random.
+    pub replicas: usize,
     pub token: String,
     /// Connections for the watchers, watcher `i` on `i % len` (empty: the
     /// workers' connections).
@@ -137,6 +141,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             };
             let target = Target {
                 channels,
+                replicas: 1,
                 token: args.token.clone().context("--target needs --token")?,
                 watch_channels,
             };
@@ -149,53 +154,64 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         None => {
             let url = args.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
-            let (address, watch, token, _stop) = spawn(url, args.count_round_trips).await?;
+            let replicas = args.replicas as usize;
+            let (addresses, watch, token, _stop) =
+                spawn(url, args.count_round_trips, replicas).await?;
+            let mut channels = Vec::with_capacity(connections * replicas);
+            for address in &addresses {
+                channels.extend(connect(address, connections).await?);
+            }
             let target = Target {
-                channels: connect(&address, connections).await?,
+                channels,
+                replicas,
                 token,
-                watch_channels: connect(&address, watch_connections).await?,
+                watch_channels: connect(&addresses[0], watch_connections).await?,
             };
             drive(&target, &watch, &settings).await
         }
     }
 }
 
-/// Starts the service in this process over `url` (created and migrated
-/// if missing) on a free port; returns its address, what to watch, an
-/// operator token, and the sender that stops it.
+/// Starts `replicas` replicas of the service in this process over `url`
+/// (created and migrated if missing), each on a free port with a pool of
+/// its own; returns their addresses, what to watch, an operator token, and
+/// the sender that stops them.
 async fn spawn(
     url: &str,
     count_round_trips: bool,
-) -> anyhow::Result<(String, Watch, String, tokio::sync::oneshot::Sender<()>)> {
+    replicas: usize,
+) -> anyhow::Result<(Vec<String>, Watch, String, tokio::sync::watch::Sender<bool>)> {
     let args = DatabaseArgs::for_url(url);
     let pool = prepare_database(&args).await?;
     let mut round_trips = None;
     let mut connections = None;
-    let served = if count_round_trips {
-        let options: PgConnectOptions = (*pool.connect_options()).clone();
+    let mut options: PgConnectOptions = (*pool.connect_options()).clone();
+    if count_round_trips {
         let relay = relay::Relay::start(options.get_host(), options.get_port()).await?;
         round_trips = Some(relay.round_trips());
         connections = Some(relay.connections());
         // The relay reads the protocol, so the session must be plaintext.
-        let through = options
+        options = options
             .host("127.0.0.1")
             .port(relay.port())
             .ssl_mode(PgSslMode::Disable);
-        connect_pool(through, &args).await?
-    } else {
-        pool.clone()
-    };
-    let app = Application::bind(
-        "127.0.0.1:0".parse().expect("an address"),
-        served,
-        ServeOptions::default(),
-    )
-    .await?;
-    let address = app.local_addr().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut addresses = Vec::with_capacity(replicas);
+    for _ in 0..replicas {
+        let served = connect_pool(options.clone(), &args).await?;
+        let app = Application::bind(
+            "127.0.0.1:0".parse().expect("an address"),
+            served,
+            ServeOptions::default(),
+        )
+        .await?;
+        addresses.push(app.local_addr().to_string());
+        let mut stopped = stopped.clone();
+        tokio::spawn(app.run_until(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+    }
     let token = operator_token(&pool).await?;
     let watch = Watch {
         server_pid: Some(std::process::id()),
@@ -204,7 +220,7 @@ async fn spawn(
         round_trips,
         connections,
     };
-    Ok((address, watch, token, stop))
+    Ok((addresses, watch, token, stop))
 }
 
 /// An operator token made straight in the database, as `token create`
@@ -281,6 +297,10 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
         .iter()
         .map(|c| Clients::new(c.clone(), &target.token))
         .collect::<anyhow::Result<_>>()?;
+    let to = workload::Connections {
+        clients: clients.clone(),
+        replicas: target.replicas,
+    };
     let rss_start = watch.server_pid.and_then(probe::rss_kib);
 
     let instance: Arc<str> = format!("bench-{:08x}", rand::random::<u32>()).into();
@@ -328,7 +348,7 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
                 let prepared = workload::window(
                     groups,
                     prep_workers,
-                    &clients,
+                    &to,
                     &instance,
                     Mode::Prepare(stage),
                     None,
@@ -348,7 +368,7 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
             let w = workload::window(
                 groups,
                 settings.in_flight,
-                &clients,
+                &to,
                 &instance,
                 timed_mode,
                 Some(Instant::now() + (budget - spent)),
@@ -378,6 +398,7 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
     Ok(Report::new(report::Run {
         settings: settings.clone(),
         connections: target.channels.len(),
+        replicas: target.replicas,
         instance: instance.to_string(),
         measured: elapsed,
         windows,

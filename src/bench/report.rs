@@ -110,6 +110,8 @@ pub struct Report {
     pub instance: String,
     pub in_flight: usize,
     pub connections: usize,
+    /// Replicas of the service the requests were spread over.
+    pub replicas: usize,
     pub parties: usize,
     pub agents: usize,
     pub warmup_s: f64,
@@ -145,6 +147,7 @@ pub struct Report {
 pub struct Run {
     pub settings: Settings,
     pub connections: usize,
+    pub replicas: usize,
     pub instance: String,
     pub measured: Duration,
     pub windows: u32,
@@ -190,6 +193,7 @@ impl Report {
             instance: run.instance,
             in_flight: s.in_flight,
             connections: run.connections,
+            replicas: run.replicas,
             parties: s.parties,
             agents: s.agents,
             warmup_s: s.warmup.as_secs_f64(),
@@ -239,13 +243,17 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "workload     {} ({} parties, {} agents in {}; {} in flight over {} connections)",
+            "workload     {} ({} parties, {} agents in {}; {} in flight over {} connections{})",
             self.workload,
             self.parties,
             self.agents,
             self.instance,
             self.in_flight,
-            self.connections
+            self.connections,
+            match self.replicas {
+                1 => String::new(),
+                n => format!(" to {n} replicas, each request to one at random"),
+            }
         );
         let _ = writeln!(
             t,
@@ -424,6 +432,7 @@ mod tests {
                 watchers: 0,
             },
             connections: 8,
+            replicas: 1,
             instance: "bench-0".into(),
             measured: Duration::from_secs(2),
             windows: 1,

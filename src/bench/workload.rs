@@ -196,11 +196,48 @@ pub struct Group {
     channels: Vec<String>,
 }
 
+/// The connections the workers share: `clients`, in `replicas` equal runs,
+/// one run per replica of the service.
+pub struct Connections {
+    pub clients: Vec<Clients>,
+    pub replicas: usize,
+}
+
+/// A worker's clients, one per replica of the service: each request goes
+/// to one of them at random, as a mesh that spreads requests would send it.
+#[derive(Clone)]
+pub struct Spread(Vec<Clients>);
+
+impl Spread {
+    /// Worker `w`'s: connection `w % per` of each replica's run.
+    fn of_worker(to: &Connections, w: usize) -> Self {
+        let picked = worker_connections(to.clients.len(), to.replicas, w)
+            .map(|i| to.clients[i].clone())
+            .collect();
+        Self(picked)
+    }
+
+    /// The clients for the next request.
+    fn pick(&self) -> &Clients {
+        match self.0.len() {
+            1 => &self.0[0],
+            n => &self.0[rand::random_range(0..n)],
+        }
+    }
+}
+
+/// Which of `len` connections, in `replicas` equal runs, worker `w` uses:
+/// one in each run, the same place in each.
+fn worker_connections(len: usize, replicas: usize, w: usize) -> impl Iterator<Item = usize> {
+    let per = (len / replicas).max(1);
+    (0..replicas).map(move |r| (r * per + w % per) % len)
+}
+
 impl Group {
     /// Moves one stage on, timing each request in `rec`.
     async fn advance(
         &mut self,
-        c: &Clients,
+        c: &Spread,
         instance: &str,
         rec: &mut Recorder,
     ) -> Result<(), Status> {
@@ -214,7 +251,7 @@ impl Group {
                     };
                     rec.time(
                         "ReadyForService",
-                        c.calls.clone().ready_for_service(request),
+                        c.pick().calls.clone().ready_for_service(request),
                     )
                     .await?;
                 }
@@ -233,7 +270,10 @@ impl Group {
                     tags: String::new(),
                 };
                 let started = rec
-                    .time("StartConference", c.calls.clone().start_conference(request))
+                    .time(
+                        "StartConference",
+                        c.pick().calls.clone().start_conference(request),
+                    )
                     .await?
                     .into_inner();
                 let call = started
@@ -258,7 +298,7 @@ impl Group {
                     let request = self.report(instance, channel, ChannelState::Answered);
                     rec.time(
                         "ReportChannelEvent",
-                        c.telephony.clone().report_channel_event(request),
+                        c.pick().telephony.clone().report_channel_event(request),
                     )
                     .await?;
                 }
@@ -271,7 +311,10 @@ impl Group {
                     job_id: self.job_id.clone(),
                 };
                 let answer = rec
-                    .time("EndConference", c.calls.clone().end_conference(request))
+                    .time(
+                        "EndConference",
+                        c.pick().calls.clone().end_conference(request),
+                    )
                     .await?;
                 rec.committed(answer.get_ref().data.as_ref().map(|d| d.context_id));
                 Stage::Left
@@ -285,7 +328,7 @@ impl Group {
                         let answer = rec
                             .time(
                                 "ReportChannelEvent",
-                                c.telephony.clone().report_channel_event(request),
+                                c.pick().telephony.clone().report_channel_event(request),
                             )
                             .await?
                             .into_inner();
@@ -325,13 +368,16 @@ impl Group {
         }
     }
 
-    async fn poll(&self, c: &Clients, instance: &str, rec: &mut Recorder) -> Result<(), Status> {
+    async fn poll(&self, c: &Spread, instance: &str, rec: &mut Recorder) -> Result<(), Status> {
         let request = proto::PollUserStatusRequest {
             instance_id: instance.into(),
             user_id: self.initiator.user_id.clone(),
         };
-        rec.time("PollUserStatus", c.calls.clone().poll_user_status(request))
-            .await?;
+        rec.time(
+            "PollUserStatus",
+            c.pick().calls.clone().poll_user_status(request),
+        )
+        .await?;
         Ok(())
     }
 
@@ -339,7 +385,7 @@ impl Group {
     async fn run(
         &mut self,
         mode: Mode,
-        c: &Clients,
+        c: &Spread,
         instance: &str,
         rec: &mut Recorder,
     ) -> Result<(), Status> {
@@ -472,7 +518,7 @@ pub struct Window {
 pub async fn window(
     groups: Vec<Group>,
     workers: usize,
-    clients: &[Clients],
+    to: &Connections,
     instance: &Arc<str>,
     mode: Mode,
     deadline: Option<Instant>,
@@ -485,7 +531,7 @@ pub async fn window(
     let mut tasks = Vec::with_capacity(workers);
     for w in 0..workers {
         let (queue, done) = (queue.clone(), done.clone());
-        let c = clients[w % clients.len()].clone();
+        let c = Spread::of_worker(to, w);
         let instance = instance.clone();
         tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::new(record);
@@ -530,5 +576,29 @@ pub async fn window(
         recorder,
         groups,
         dropped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_connections;
+
+    fn of(len: usize, replicas: usize, w: usize) -> Vec<usize> {
+        worker_connections(len, replicas, w).collect()
+    }
+
+    #[test]
+    fn one_replica_gives_each_worker_its_own_connection_in_turn() {
+        assert_eq!(of(8, 1, 0), [0]);
+        assert_eq!(of(8, 1, 9), [1]);
+    }
+
+    #[test]
+    fn each_worker_reaches_every_replica_on_a_connection_of_its_own() {
+        // Two replicas, four connections each: 0..4 reach the first.
+        assert_eq!(of(8, 2, 0), [0, 4]);
+        assert_eq!(of(8, 2, 3), [3, 7]);
+        assert_eq!(of(8, 2, 5), [1, 5]);
+        assert_eq!(of(9, 3, 2), [2, 5, 8]);
     }
 }

@@ -17,6 +17,7 @@ async fn run(pool: PgPool, workload: BenchWorkload, watchers: usize) -> bench::R
     let token = create_token(&app.direct, None, Role::Admin, None, None).await;
     let target = Target {
         channels: vec![app.channel.clone()],
+        replicas: 1,
         token,
         watch_channels: Vec::new(),
     };
@@ -61,6 +62,46 @@ async fn mixed_bench_runs_whole_lifecycles_without_errors(pool: PgPool) {
     assert_eq!(report.errors, 0, "{:?}", report.first_errors);
     assert!(report.actions.contains_key("StartConference"));
     assert!(report.actions.contains_key("EndConference"));
+}
+
+/// Whole lifecycles with each request sent to one of two replicas at
+/// random: most actions reach a replica that did not act on the call or
+/// its agents last, and every one still succeeds.
+#[sqlx::test]
+async fn mixed_bench_over_two_replicas_runs_whole_lifecycles_without_errors(pool: PgPool) {
+    let (one, two) = (spawn_app(pool.clone()).await, spawn_app(pool.clone()).await);
+    let token = create_token(&one.direct, None, Role::Admin, None, None).await;
+    let target = Target {
+        channels: vec![one.channel.clone(), two.channel.clone()],
+        replicas: 2,
+        token,
+        watch_channels: Vec::new(),
+    };
+    let settings = Settings {
+        workload: BenchWorkload::Mixed,
+        in_flight: 2,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        parties: 3,
+        agents: 8,
+        watchers: 0,
+    };
+    let report = bench::drive(&target, &Watch::default(), &settings)
+        .await
+        .expect("the bench runs");
+
+    assert_eq!(report.replicas, 2);
+    assert!(report.requests > 0, "{report:?}");
+    assert_eq!(report.errors, 0, "{:?}", report.first_errors);
+    for action in [
+        "ReadyForService",
+        "StartConference",
+        "ReportChannelEvent",
+        "EndConference",
+    ] {
+        assert!(report.actions.contains_key(action), "{action}: {report:?}");
+    }
+    assert!(report.table().contains("to 2 replicas"));
 }
 
 #[sqlx::test]
