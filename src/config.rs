@@ -148,6 +148,16 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub replicas: u32,
 
+    /// With --spawn: the replicas' --known-calls (default: the service's).
+    #[arg(long, conflicts_with = "target",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub known_calls: Option<u32>,
+
+    /// With --spawn: the replicas' --known-agents (default: the service's).
+    #[arg(long, conflicts_with = "target",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub known_agents: Option<u32>,
+
     /// With --spawn: route the service's database connections through a
     /// relay in this process that counts round trips (each Sync or simple
     /// Query the service sends). The relay is an extra hop, and it turns

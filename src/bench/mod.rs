@@ -155,8 +155,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         None => {
             let url = args.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
             let replicas = args.replicas as usize;
+            let defaults = ServeOptions::default();
+            let options = ServeOptions {
+                known_calls: args.known_calls.map_or(defaults.known_calls, |n| n as usize),
+                known_agents: args.known_agents.map_or(defaults.known_agents, |n| n as usize),
+                ..defaults
+            };
             let (addresses, watch, token, _stop) =
-                spawn(url, args.count_round_trips, replicas).await?;
+                spawn(url, args.count_round_trips, replicas, options).await?;
             let mut channels = Vec::with_capacity(connections * replicas);
             for address in &addresses {
                 channels.extend(connect(address, connections).await?);
@@ -173,25 +179,26 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// Starts `replicas` replicas of the service in this process over `url`
-/// (created and migrated if missing), each on a free port with a pool of
-/// its own; returns their addresses, what to watch, an operator token, and
-/// the sender that stops them.
+/// (created and migrated if missing), each served as `options` say on a
+/// free port with a pool of its own; returns their addresses, what to
+/// watch, an operator token, and the sender that stops them.
 async fn spawn(
     url: &str,
     count_round_trips: bool,
     replicas: usize,
+    options: ServeOptions,
 ) -> anyhow::Result<(Vec<String>, Watch, String, tokio::sync::watch::Sender<bool>)> {
     let args = DatabaseArgs::for_url(url);
     let pool = prepare_database(&args).await?;
     let mut round_trips = None;
     let mut connections = None;
-    let mut options: PgConnectOptions = (*pool.connect_options()).clone();
+    let mut connect: PgConnectOptions = (*pool.connect_options()).clone();
     if count_round_trips {
-        let relay = relay::Relay::start(options.get_host(), options.get_port()).await?;
+        let relay = relay::Relay::start(connect.get_host(), connect.get_port()).await?;
         round_trips = Some(relay.round_trips());
         connections = Some(relay.connections());
         // The relay reads the protocol, so the session must be plaintext.
-        options = options
+        connect = connect
             .host("127.0.0.1")
             .port(relay.port())
             .ssl_mode(PgSslMode::Disable);
@@ -199,11 +206,11 @@ async fn spawn(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut addresses = Vec::with_capacity(replicas);
     for _ in 0..replicas {
-        let served = connect_pool(options.clone(), &args).await?;
+        let served = connect_pool(connect.clone(), &args).await?;
         let app = Application::bind(
             "127.0.0.1:0".parse().expect("an address"),
             served,
-            ServeOptions::default(),
+            options.clone(),
         )
         .await?;
         addresses.push(app.local_addr().to_string());
