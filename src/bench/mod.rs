@@ -157,8 +157,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             let replicas = args.replicas as usize;
             let defaults = ServeOptions::default();
             let options = ServeOptions {
-                known_calls: args.known_calls.map_or(defaults.known_calls, |n| n as usize),
-                known_agents: args.known_agents.map_or(defaults.known_agents, |n| n as usize),
+                known_calls: args
+                    .known_calls
+                    .map_or(defaults.known_calls, |n| n as usize),
+                known_agents: args
+                    .known_agents
+                    .map_or(defaults.known_agents, |n| n as usize),
                 ..defaults
             };
             let (addresses, watch, token, _stop) =
