@@ -142,7 +142,7 @@ pub struct BenchArgs {
     /// process, each with its own database pool and its own knowledge of
     /// calls and agents (as separate replicas have), and send each request
     /// to one of them at random, as a mesh that spreads requests would:
-    /// a call's actions then mostly reach a replica that did not act on it
+    /// a call's actions then often reach a replica that did not act on it
     /// last. Each worker keeps --connections' share of connections to each.
     #[arg(long, default_value_t = 1, conflicts_with = "target",
           value_parser = clap::value_parser!(u32).range(1..=16))]
