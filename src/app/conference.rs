@@ -17,7 +17,7 @@ use crate::store::agents::LoadedAgents;
 use crate::store::calls::{self, LoadedCall};
 use crate::store::changes::{self, Applied};
 
-use super::known::{CallKey, Known};
+use super::known::Known;
 use super::on_agents::{OnAgents, act_on_agents};
 use super::unit::Atomicity;
 use super::{
@@ -167,29 +167,9 @@ impl OnAgents for StartConference {
         change_event(ctx, "StartConference", None, changes)
     }
 
-    /// The replica keeps the new call as well as its agents.
-    fn answer(
-        &self,
-        found: &LoadedAgents,
-        changes: Changes,
-        context_id: i64,
-        known: &Known,
-    ) -> CallAndAgent {
-        let call = changes
-            .call
-            .as_ref()
-            .expect("a started conference is a call");
-        let key = (self.instance_id.clone(), call.job_id.clone());
-        known
-            .calls
-            .remember(key, &found.agents, &found.versions, &changes, context_id);
+    fn answer(&self, found: &LoadedAgents, changes: Changes, context_id: i64) -> CallAndAgent {
         let initiator = found.agent(&self.user_id).expect("decided on");
-        let agent = changes.agent_after(initiator).clone();
-        CallAndAgent {
-            call: changes.call.expect("a started conference is a call"),
-            agent,
-            context_id,
-        }
+        CallAndAgent::after(changes, initiator, context_id)
     }
 }
 
@@ -258,12 +238,7 @@ impl OnCall for EndConference {
 
     fn answer(&self, found: &LoadedCall, changes: Changes, context_id: i64) -> CallAndAgent {
         let leaver = found.agent(&self.user_id).expect("decided on");
-        let agent = changes.agent_after(leaver).clone();
-        CallAndAgent {
-            call: changes.call.expect("leaving changes the call"),
-            agent,
-            context_id,
-        }
+        CallAndAgent::after(changes, leaver, context_id)
     }
 }
 
@@ -334,7 +309,7 @@ async fn act_on_call<A: OnCall>(
         }
         Some(found) => match on_known(conn, ctx, action, known, &found).await? {
             ControlFlow::Break((changes, context_id)) => {
-                return Ok(written(action, known, key, &found, changes, context_id));
+                return Ok(written(action, known, &found, changes, context_id));
             }
             ControlFlow::Continue(stored) => stored,
         },
@@ -351,7 +326,7 @@ async fn act_on_call<A: OnCall>(
             let event = event_of(ctx, A::NAME, &found, &changes)?;
             let context_id =
                 changes::apply(conn, instance, &event, &changes, &found.versions).await?;
-            Ok(written(action, known, key, &found, changes, context_id))
+            Ok(written(action, known, &found, changes, context_id))
         }
     }
 }
@@ -362,15 +337,11 @@ async fn act_on_call<A: OnCall>(
 fn written<A: OnCall>(
     action: &A,
     known: &Known,
-    key: CallKey,
     found: &LoadedCall,
     changes: Changes,
     context_id: i64,
 ) -> A::Answer {
-    known.agents.written(&changes, context_id);
-    known
-        .calls
-        .remember(key, &found.agents, &found.versions, &changes, context_id);
+    known.written(&found.agents, &found.versions, &changes, context_id);
     action.answer(found, changes, context_id)
 }
 

@@ -71,6 +71,19 @@ pub struct CallAndAgent {
     pub context_id: i64,
 }
 
+impl CallAndAgent {
+    /// The call `changes` made or changed and `agent` as they left it,
+    /// written as event `context_id`.
+    fn after(changes: Changes, agent: &Agent, context_id: i64) -> Self {
+        let agent = changes.agent_after(agent).clone();
+        Self {
+            call: changes.call.expect("a call action changes its call"),
+            agent,
+            context_id,
+        }
+    }
+}
+
 impl App {
     pub fn new(store: Store, tokens: TokenCache) -> Self {
         Self::with_limits(store, tokens, &Limits::default())

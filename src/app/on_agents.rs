@@ -42,14 +42,8 @@ pub(super) trait OnAgents: Sync {
     ) -> Result<Event<'a>, Error>;
 
     /// The answer once `changes`, decided on `found`, are written as event
-    /// `context_id`; the replica keeps what they made as they left it.
-    fn answer(
-        &self,
-        found: &LoadedAgents,
-        changes: Changes,
-        context_id: i64,
-        known: &Known,
-    ) -> Self::Answer;
+    /// `context_id`.
+    fn answer(&self, found: &LoadedAgents, changes: Changes, context_id: i64) -> Self::Answer;
 }
 
 /// Runs `action`: decided on the agents as known and written guarded when
@@ -106,6 +100,8 @@ pub(super) async fn act_on_agents<A: OnAgents>(
     }
 }
 
+/// The answer once `changes`, decided on `found`, are written as event
+/// `context_id`; the replica keeps what they made as they left it.
 fn written<A: OnAgents>(
     action: &A,
     known: &Known,
@@ -113,8 +109,8 @@ fn written<A: OnAgents>(
     changes: Changes,
     context_id: i64,
 ) -> A::Answer {
-    known.agents.written(&changes, context_id);
-    action.answer(found, changes, context_id, known)
+    known.written(&found.agents, &found.versions, &changes, context_id);
+    action.answer(found, changes, context_id)
 }
 
 /// Reads `user` and the agents with `extensions`; fails if the instance is

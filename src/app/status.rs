@@ -7,7 +7,6 @@ use crate::store::agents::LoadedAgents;
 use crate::store::changes::Event;
 use crate::store::status;
 
-use super::known::Known;
 use super::on_agents::{OnAgents, act_on_agents};
 use super::unit::{Atomicity, Lane};
 use super::{
@@ -124,13 +123,7 @@ impl OnAgents for ReadyForService {
         change_event(ctx, "ReadyForService", Some(before), changes)
     }
 
-    fn answer(
-        &self,
-        _found: &LoadedAgents,
-        changes: Changes,
-        context_id: i64,
-        _known: &Known,
-    ) -> (Agent, i64) {
+    fn answer(&self, _found: &LoadedAgents, changes: Changes, context_id: i64) -> (Agent, i64) {
         let [ready] = <[Agent; 1]>::try_from(changes.agents).expect("one agent changed");
         (ready, context_id)
     }

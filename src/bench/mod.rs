@@ -303,19 +303,20 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
              --workload end-conference or mixed"
         );
     }
-    let clients: Vec<Clients> = target
-        .channels
-        .iter()
-        .map(|c| Clients::new(c.clone(), &target.token))
-        .collect::<anyhow::Result<_>>()?;
     let to = workload::Connections {
-        clients: clients.clone(),
+        clients: target
+            .channels
+            .iter()
+            .map(|c| Clients::new(c.clone(), &target.token))
+            .collect::<anyhow::Result<_>>()?,
         replicas: target.replicas,
     };
+    // Set-up and the watchers' checks go through the first connection.
+    let first = &to.clients[0];
     let rss_start = watch.server_pid.and_then(probe::rss_kib);
 
     let instance: Arc<str> = format!("bench-{:08x}", rand::random::<u32>()).into();
-    let agents = workload::provision(&clients[0], &instance, settings.agents).await?;
+    let agents = workload::provision(first, &instance, settings.agents).await?;
     let mut groups = workload::groups(settings.workload, agents, settings.parties);
     if groups.len() < settings.in_flight {
         bail!(
@@ -339,8 +340,7 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
             &target.watch_channels
         };
         let before = watch.server_pid.and_then(probe::rss_kib);
-        let open =
-            watchers::Watchers::open(&clients[0], channels, &instance, settings.watchers).await?;
+        let open = watchers::Watchers::open(first, channels, &instance, settings.watchers).await?;
         tokio::time::sleep(WATCHERS_SETTLE).await;
         let idle = watch.server_pid.and_then(probe::rss_kib);
         watching = Some((open, watchers::RssReadings { before, idle }));
@@ -401,7 +401,7 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
 
     let rss_load_max_kib = load_rss.stop();
     let watched = match watching {
-        Some((open, rss)) => Some(open.finish(&clients[0], &instance, &measured, rss).await),
+        Some((open, rss)) => Some(open.finish(first, &instance, &measured, rss).await),
         None => None,
     };
     let rss_end = watch.server_pid.and_then(probe::rss_kib);

@@ -79,17 +79,18 @@ impl KnownCalls {
 
     /// Keeps the call as `changes` (decided on `agents` read at `versions`)
     /// left it once written by event `context_id`, for the next action on
-    /// it.
+    /// it; nothing if the changes hold no call.
     pub(in crate::app) fn remember(
         &self,
-        key: CallKey,
         agents: &[Agent],
         versions: &Versions,
         changes: &Changes,
         context_id: i64,
     ) {
-        if let Some(call) = after(agents, versions, changes, context_id) {
-            self.put(key, call);
+        if let Some(known) = after(agents, versions, changes, context_id) {
+            let call = known.call.as_ref().expect("`after` keeps a call");
+            let key = (call.instance_id.clone(), call.job_id.clone());
+            self.put(key, known);
         }
     }
 

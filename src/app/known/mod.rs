@@ -17,8 +17,11 @@ mod calls;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::domain::{Agent, Changes};
+use crate::store::changes::Versions;
+
 pub(in crate::app) use agents::KnownAgents;
-pub(in crate::app) use calls::{CallKey, KnownCalls};
+pub(in crate::app) use calls::KnownCalls;
 
 /// Everything this replica knows; cheap to clone.
 #[derive(Clone, Debug)]
@@ -34,6 +37,20 @@ impl Known {
             calls: KnownCalls::new(calls),
             agents: KnownAgents::new(agents),
         }
+    }
+
+    /// Keeps what `changes`, decided on `agents` read at `versions`, left
+    /// once written by event `context_id`: the agents they moved and the
+    /// call, if they hold one.
+    pub(in crate::app) fn written(
+        &self,
+        agents: &[Agent],
+        versions: &Versions,
+        changes: &Changes,
+        context_id: i64,
+    ) {
+        self.agents.written(changes, context_id);
+        self.calls.remember(agents, versions, changes, context_id);
     }
 }
 
