@@ -31,6 +31,10 @@ SELECT 'floor', 'job-' || k, 'ch-' || k || '-' || i, i,
        'ANSWERED', 'CONFERENCE', 0
 FROM generate_series(1, :clients * :calls) AS k, generate_series(1, 3) AS i;
 
+-- The functions read channel_state as text: RETURN QUERY wants the declared
+-- types exactly, and the state columns may be domains over text
+-- (tests/fixtures/state_domains.sql, the next release's migration).
+
 -- The least an EndConference must do, in one round trip: lock the call,
 -- release the leaver's channel, append the event, update the agent, and
 -- read the channels back. It writes no JSON of the whole call and does no
@@ -63,7 +67,7 @@ BEGIN
     WHERE a.instance_id = p_instance AND a.user_id = p_user;
 
     RETURN QUERY
-        SELECT ch.channel_id, ch.channel_state, ch.changed_at
+        SELECT ch.channel_id, ch.channel_state::text, ch.changed_at
         FROM channels ch
         WHERE ch.instance_id = p_instance AND ch.job_id = p_job
         ORDER BY ch.idx;
@@ -109,7 +113,7 @@ BEGIN
     WHERE a.instance_id = p_instance AND a.user_id IN (p_initiator, p_invited);
 
     RETURN QUERY
-        SELECT job, ch.channel_id, ch.channel_state
+        SELECT job, ch.channel_id, ch.channel_state::text
         FROM channels ch
         WHERE ch.instance_id = p_instance AND ch.job_id = job
         ORDER BY ch.idx;
@@ -149,7 +153,7 @@ BEGIN
     WHERE a.instance_id = p_instance AND a.user_id = agent;
 
     RETURN QUERY
-        SELECT ch.channel_id, ch.channel_state, ch.changed_at
+        SELECT ch.channel_id, ch.channel_state::text, ch.changed_at
         FROM channels ch
         WHERE ch.instance_id = p_instance AND ch.job_id = p_job
         ORDER BY ch.idx;

@@ -28,5 +28,6 @@ mod round_trips;
 mod scale;
 mod shutdown;
 mod start_conference;
+mod state_domains;
 mod tls;
 mod tokens;

@@ -1,0 +1,112 @@
+//! The next release's migration (`tests/fixtures/state_domains.sql`) turns
+//! the state columns into domains. This release is the one that will be
+//! running when it is applied, so it must work on either schema: its reads
+//! name those columns as text, which a record of domain-typed fields would
+//! otherwise carry as types sqlx cannot decode.
+
+use ccc_callcontrol::proto::{UserState, channel_context::ChannelState};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+const STATE_DOMAINS: &str = include_str!("../fixtures/state_domains.sql");
+
+async fn apply_state_domains(pool: &PgPool) {
+    sqlx::raw_sql(STATE_DOMAINS)
+        .execute(pool)
+        .await
+        .expect("the state domains apply");
+}
+
+/// A whole call, on domain-typed columns: every read of a call, its
+/// channels and its agents decodes (the load, the read in a guarded apply
+/// that found the call moved, PollUserStatus), and every write passes.
+#[sqlx::test]
+async fn every_action_works_on_the_state_domains(pool: PgPool) {
+    apply_state_domains(&pool).await;
+    let app = spawn_app(pool.clone()).await;
+    let other = spawn_app(pool).await;
+    let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let (alice, bob, carol) = (&agents[0], &agents[1], &agents[2]);
+    // This replica's next write on a call it knows finds it moved, and reads
+    // it in the same statement.
+    app.find_a_known_call_stale(&other, alice, bob).await;
+    app.ready(&alice.0).await.unwrap();
+    app.ready(&bob.0).await.unwrap();
+
+    let conf = app
+        .answered_conference(&alice.0, &[bob.1.as_str(), carol.1.as_str(), CUSTOMER])
+        .await;
+    let left = app.end(&alice.0, &conf.job_id).await.unwrap();
+    assert_eq!(left.user_context.unwrap().user_state(), UserState::Working);
+    let channels = left.call_context.unwrap().channel_contexts;
+    assert_eq!(channels.len(), 4);
+    assert_eq!(state_of(&channels, &bob.1), ChannelState::Answered);
+
+    let status = other.poll(&bob.0).await;
+    assert_eq!(
+        status.user_context.unwrap().user_state(),
+        UserState::Talking
+    );
+    assert_eq!(status.call_context.unwrap().job_id, conf.job_id);
+    let released = other
+        .report(
+            &conf.job_id,
+            &conf.channel_to(CUSTOMER),
+            ChannelState::Released,
+        )
+        .await
+        .unwrap();
+    let call = released.call_context.unwrap();
+    assert_eq!(
+        state_of(&call.channel_contexts, CUSTOMER),
+        ChannelState::Released
+    );
+    assert_eq!(app.stored_agent(&carol.0).await.0, "TALKING");
+}
+
+/// The domains refuse what the tables' CHECK constraints refused.
+#[sqlx::test]
+async fn the_state_domains_refuse_what_the_checks_refused(pool: PgPool) {
+    apply_state_domains(&pool).await;
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let started = app.start(&agents[0].0, &[CUSTOMER]).await.unwrap();
+    let job = started.call_context.unwrap().job_id;
+
+    for (what, sql) in [
+        ("user_state", "UPDATE agents SET user_state = 'ASLEEP'"),
+        ("work_mode", "UPDATE agents SET work_mode = 'AT_HOME'"),
+        ("device_state", "UPDATE agents SET device_state = 'LOST'"),
+        ("call_type", "UPDATE calls SET call_type = 'GROUP'"),
+        (
+            "channel_state",
+            "UPDATE channels SET channel_state = 'ON_HOLD'",
+        ),
+        ("idx", "UPDATE channels SET idx = 0"),
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
+        let code = err.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("23514"), "{what}: {err}");
+    }
+    assert_eq!(app.stored_channels(&job).await.len(), 2, "nothing changed");
+    assert_eq!(app.stored_agent(&agents[0].0).await.0, "TALKING");
+}
+
+/// The migration rewrites no table and rebuilds no index: it may run on a
+/// large database with only a scan under its locks.
+#[sqlx::test]
+async fn the_state_domains_rewrite_no_table(pool: PgPool) {
+    let files = "SELECT relname::text, relfilenode::int8 FROM pg_class
+                 WHERE relnamespace = 'public'::regnamespace
+                   AND relname IN ('agents', 'calls', 'channels', 'agents_pkey', 'calls_pkey',
+                                   'channels_pkey', 'channels_idx_key', 'agents_extension_key')
+                 ORDER BY relname";
+    let before: Vec<(String, i64)> = sqlx::query_as(files).fetch_all(&pool).await.unwrap();
+    assert_eq!(before.len(), 8);
+
+    apply_state_domains(&pool).await;
+
+    let after: Vec<(String, i64)> = sqlx::query_as(files).fetch_all(&pool).await.unwrap();
+    assert_eq!(after, before);
+}
