@@ -93,8 +93,8 @@ async fn the_state_domains_refuse_what_the_checks_refused(pool: PgPool) {
     assert_eq!(app.stored_agent(&agents[0].0).await.0, "TALKING");
 }
 
-/// The migration rewrites no table and rebuilds no index: it may run on a
-/// large database with only a scan under its locks.
+/// The migration rewrites no table and rebuilds no index, so its locks are
+/// held for milliseconds however large the tables.
 #[sqlx::test]
 async fn the_state_domains_rewrite_no_table(pool: PgPool) {
     let files = "SELECT relname::text, relfilenode::int8 FROM pg_class
