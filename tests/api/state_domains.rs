@@ -19,20 +19,17 @@ async fn apply_state_domains(pool: &PgPool) {
 }
 
 /// A whole call, on domain-typed columns: every read of a call, its
-/// channels and its agents decodes (the load, the read in a guarded apply
-/// that found the call moved, PollUserStatus), and every write passes.
+/// channels and its agents decodes (the load, PollUserStatus, and the read
+/// in a guarded apply that finds the call moved), and every write passes.
 #[sqlx::test]
 async fn every_action_works_on_the_state_domains(pool: PgPool) {
     apply_state_domains(&pool).await;
     let app = spawn_app(pool.clone()).await;
     let other = spawn_app(pool).await;
-    let agents = app.ready_agents(&["alice", "bob", "carol"]).await;
+    let agents = app
+        .ready_agents(&["alice", "bob", "carol", "dave", "erin"])
+        .await;
     let (alice, bob, carol) = (&agents[0], &agents[1], &agents[2]);
-    // This replica's next write on a call it knows finds it moved, and reads
-    // it in the same statement.
-    app.find_a_known_call_stale(&other, alice, bob).await;
-    app.ready(&alice.0).await.unwrap();
-    app.ready(&bob.0).await.unwrap();
 
     let conf = app
         .answered_conference(&alice.0, &[bob.1.as_str(), carol.1.as_str(), CUSTOMER])
@@ -43,6 +40,7 @@ async fn every_action_works_on_the_state_domains(pool: PgPool) {
     assert_eq!(channels.len(), 4);
     assert_eq!(state_of(&channels, &bob.1), ChannelState::Answered);
 
+    // The other replica knows nothing of the call: it reads it.
     let status = other.poll(&bob.0).await;
     assert_eq!(
         status.user_context.unwrap().user_state(),
@@ -62,7 +60,24 @@ async fn every_action_works_on_the_state_domains(pool: PgPool) {
         state_of(&call.channel_contexts, CUSTOMER),
         ChannelState::Released
     );
-    assert_eq!(app.stored_agent(&carol.0).await.0, "TALKING");
+
+    // This replica last wrote the call before that, and now expects the
+    // calls it knows to be stale: its write finds the call moved and reads
+    // it in the same statement, then decides again on what it read.
+    app.find_a_known_call_stale(&other, &agents[3], &agents[4])
+        .await;
+    let hung_up = app
+        .report(
+            &conf.job_id,
+            &conf.channel_to(&carol.1),
+            ChannelState::Released,
+        )
+        .await
+        .unwrap();
+    let channels = hung_up.call_context.unwrap().channel_contexts;
+    assert_eq!(state_of(&channels, CUSTOMER), ChannelState::Released);
+    assert_eq!(state_of(&channels, &carol.1), ChannelState::Released);
+    assert_eq!(app.stored_agent(&carol.0).await.0, "WORKING");
 }
 
 /// The domains refuse what the tables' CHECK constraints refused.
@@ -73,6 +88,7 @@ async fn the_state_domains_refuse_what_the_checks_refused(pool: PgPool) {
     let agents = app.ready_agents(&["alice"]).await;
     let started = app.start(&agents[0].0, &[CUSTOMER]).await.unwrap();
     let job = started.call_context.unwrap().job_id;
+    let channels = app.stored_channels(&job).await;
 
     for (what, sql) in [
         ("user_state", "UPDATE agents SET user_state = 'ASLEEP'"),
@@ -89,7 +105,7 @@ async fn the_state_domains_refuse_what_the_checks_refused(pool: PgPool) {
         let code = err.as_database_error().and_then(|e| e.code());
         assert_eq!(code.as_deref(), Some("23514"), "{what}: {err}");
     }
-    assert_eq!(app.stored_channels(&job).await.len(), 2, "nothing changed");
+    assert_eq!(app.stored_channels(&job).await, channels, "nothing changed");
     assert_eq!(app.stored_agent(&agents[0].0).await.0, "TALKING");
 }
 
