@@ -28,6 +28,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
+mod json;
+
 /// The `service.name` of every exported span.
 pub const SERVICE_NAME: &str = "ccc-callcontrol";
 
@@ -80,14 +82,11 @@ pub fn init_exporting(format: LogFormat, endpoint: &str) -> anyhow::Result<Trace
 fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    // A JSON line's `spans` (root first) already holds the current span:
-    // a `span` key as well would format the request span twice a line.
     let log = match format {
         LogFormat::Text => log.boxed(),
         LogFormat::Json => log
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .fmt_fields(json::Members)
+            .event_format(json::Line)
             .boxed(),
     };
     // The `unit` span is for the trace export: the log formats every span's

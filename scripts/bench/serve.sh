@@ -9,11 +9,12 @@ address=
 # start_server URL [SERVE ARGS...]: `serve` on a free port over the
 # database URL (drain 0, JSON logs to $work/server.log); sets server_pid
 # and address once it says where it serves gRPC (60 s at most; --metrics-listen
-# logs an address of its own first).
+# logs an address of its own first). With $serve_wrap set (an array: a
+# command and its arguments, valgrind say), the service runs under it.
 start_server() {
     local url=$1
     shift
-    CCC_DRAIN_MS=0 "$bin" --log-format json serve --listen 127.0.0.1:0 \
+    CCC_DRAIN_MS=0 ${serve_wrap[@]+"${serve_wrap[@]}"} "$bin" --log-format json serve --listen 127.0.0.1:0 \
         --database-url "$url" "$@" 2>"$work/server.log" &
     server_pid=$!
     address=
