@@ -3,11 +3,15 @@
 //! caller's W3C trace ID, gRPC code, contact-center reason, latency; and
 //! the lines logged while serving it carry the same span.
 
+use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::proto;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tonic::Request;
+use tonic::transport::Channel;
 
 use crate::helpers::*;
+use crate::support::binary::{Served, database_url};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -87,5 +91,83 @@ async fn every_request_ends_in_one_line_with_its_identity_and_outcome(pool: PgPo
     assert!(
         line.contains("code=NotFound") && line.contains("reason=\"NotExists.UserId\""),
         "{line}"
+    );
+}
+
+/// The binary's JSON log (`--log-format json`, as the image runs it): the
+/// same line as one JSON object, its request span under `spans` with the
+/// fields given when the span was made and the token recorded after.
+#[sqlx::test]
+async fn a_json_line_carries_the_request_span_as_an_object(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let agents = app.ready_agents(&["alice"]).await;
+    let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
+    let served = Served::start(&database_url(&pool, None), &["--drain-ms", "0"], &[]).await;
+    let channel = Channel::from_shared(format!("http://{}", served.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut clients = Clients::new(channel, Bearer::token(&token));
+    // A value to escape, as a caller may send: a quote and a backslash.
+    let request_id = format!("json-\"{}\\", uuid::Uuid::new_v4());
+    let mut request = Request::new(proto::PollUserStatusRequest {
+        instance_id: INSTANCE.into(),
+        user_id: agents[0].0.clone(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    clients.calls.poll_user_status(request).await.unwrap();
+
+    let mut line = None;
+    for _ in 0..100 {
+        line = served.log_lines().into_iter().find(|l| {
+            l["message"] == "served" && l["spans"][0]["request_id"] == request_id.as_str()
+        });
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut line = line.expect("a `served` line of the request, as JSON");
+    let entry = line.as_object_mut().unwrap();
+    let timestamp = entry.remove("timestamp").unwrap();
+    assert!(timestamp.as_str().unwrap().ends_with('Z'), "{timestamp}");
+    assert!(entry.remove("latency_us").unwrap().is_u64());
+    let spans = entry.remove("spans").unwrap();
+    assert_eq!(
+        Value::Object(entry.clone()),
+        json!({
+            "level": "INFO",
+            "message": "served",
+            "code": "OK",
+            "reason": "OK",
+            "target": "ccc_callcontrol::grpc::request",
+        })
+    );
+    let [span] = spans.as_array().unwrap().as_slice() else {
+        panic!("one span, the request's: {spans}");
+    };
+    let handle = span["token"].as_str().unwrap();
+    assert!(
+        handle.starts_with("tok-") && !token.contains(handle),
+        "{span}"
+    );
+    assert_eq!(
+        span,
+        &json!({
+            "name": "request",
+            "rpc": "PollUserStatus",
+            "request_id": request_id,
+            "instance": INSTANCE,
+            "trace_id": TRACE,
+            "otel.kind": "server",
+            "token": handle,
+        })
     );
 }

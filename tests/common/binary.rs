@@ -83,6 +83,15 @@ impl Served {
         Self { child, addr, log }
     }
 
+    /// Its log lines so far, each parsed as JSON (`Null` for a line that
+    /// is not JSON).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .collect()
+    }
+
     /// SIGTERM, as an orchestrator stops a pod.
     pub fn terminate(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
