@@ -32,22 +32,28 @@ async fn log_lines_with(needle: &str) -> Vec<String> {
     panic!("no `served` line mentions {needle}");
 }
 
+/// PollUserStatus of `user` with `request_id` as `x-request-id`, in the
+/// caller's trace `TRACE`.
+fn traced_poll(user: &str, request_id: &str) -> Request<proto::PollUserStatusRequest> {
+    let mut request = Request::new(proto::PollUserStatusRequest {
+        instance_id: INSTANCE.into(),
+        user_id: user.to_owned(),
+    });
+    let metadata = request.metadata_mut();
+    metadata.insert("x-request-id", request_id.parse().unwrap());
+    metadata.insert(
+        "traceparent",
+        format!("00-{TRACE}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    request
+}
+
 #[sqlx::test]
 async fn every_request_ends_in_one_line_with_its_identity_and_outcome(pool: PgPool) {
     let app = spawn_app(pool).await;
     let agents = app.ready_agents(&["alice"]).await;
     let request_id = format!("logs-{}", uuid::Uuid::new_v4());
-    let mut request = Request::new(proto::PollUserStatusRequest {
-        instance_id: INSTANCE.into(),
-        user_id: agents[0].0.clone(),
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", request_id.parse().unwrap());
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE}-00f067aa0ba902b7-01").parse().unwrap(),
-    );
+    let request = traced_poll(&agents[0].0, &request_id);
     app.calls.clone().poll_user_status(request).await.unwrap();
 
     let lines = log_lines_with(&request_id).await;
@@ -111,17 +117,7 @@ async fn a_json_line_carries_the_request_span_as_an_object(pool: PgPool) {
     let mut clients = Clients::new(channel, Bearer::token(&token));
     // A value to escape, as a caller may send: a quote and a backslash.
     let request_id = format!("json-\"{}\\", uuid::Uuid::new_v4());
-    let mut request = Request::new(proto::PollUserStatusRequest {
-        instance_id: INSTANCE.into(),
-        user_id: agents[0].0.clone(),
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", request_id.parse().unwrap());
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE}-00f067aa0ba902b7-01").parse().unwrap(),
-    );
+    let request = traced_poll(&agents[0].0, &request_id);
     clients.calls.poll_user_status(request).await.unwrap();
 
     let mut line = None;
