@@ -157,12 +157,7 @@ async fn start(pool: &PgPool, collector: SocketAddr, env: &[(&str, &str)]) -> Se
 
 /// An Admin client on a connection of its own.
 async fn admin(served: &Served) -> AdminClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", served.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    AdminClient::new(channel)
+    AdminClient::new(served.connect().await)
 }
 
 /// CreateInstance `id` as the caller's span `CALLER_SPAN` of `TRACE`.
@@ -237,22 +232,10 @@ async fn the_request_span_continues_the_callers_trace_and_the_unit_span_is_its_c
     );
     // The log's line of the request names the same trace, so an operator
     // can go from one to the other; and no line formats the unit span.
-    let is_served = |l: &serde_json::Value| {
-        l["message"] == "served" && l["spans"][0]["rpc"] == "CreateInstance"
-    };
-    let mut lines = served.log_lines();
-    // The log is read on a thread of its own: give it a moment.
-    for _ in 0..100 {
-        if lines.iter().any(is_served) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        lines = served.log_lines();
-    }
-    let served_line = lines
-        .iter()
-        .find(|l| is_served(l))
-        .unwrap_or_else(|| panic!("no `served` line of CreateInstance: {lines:#?}"));
+    let served_line = served
+        .log_line(|l| l["message"] == "served" && l["spans"][0]["rpc"] == "CreateInstance")
+        .await;
+    let lines = served.log_lines();
     assert_eq!(served_line["spans"][0]["trace_id"], TRACE, "{served_line}");
     assert!(
         lines.iter().all(|l| l["spans"]

@@ -28,6 +28,19 @@ start_server() {
     die "the service did not say where it listens"
 }
 
+# migrate_db URL: `$bin migrate` over URL (which creates the database if
+# missing); dies with the end of its log if it fails.
+migrate_db() {
+    "$bin" migrate --database-url "$1" 2>"$work/migrate.log" ||
+        die "$bin migrate failed: $(tail -3 "$work/migrate.log")"
+}
+
+# admin_token URL: prints a new operator token of URL's database, valid
+# for a day.
+admin_token() {
+    "$bin" token create --role admin --expires-in 86400 --database-url "$1" 2>/dev/null
+}
+
 # stop_server: stops the server started last, if any, and waits for it.
 stop_server() {
     if [[ -n $server_pid ]]; then

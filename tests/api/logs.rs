@@ -8,7 +8,6 @@ use ccc_callcontrol::proto;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tonic::Request;
-use tonic::transport::Channel;
 
 use crate::helpers::*;
 use crate::support::binary::{Served, database_url};
@@ -109,28 +108,17 @@ async fn a_json_line_carries_the_request_span_as_an_object(pool: PgPool) {
     let agents = app.ready_agents(&["alice"]).await;
     let token = create_token(&app.direct, Some(INSTANCE), Role::Admin, None, None).await;
     let served = Served::start(&database_url(&pool, None), &["--drain-ms", "0"], &[]).await;
-    let channel = Channel::from_shared(format!("http://{}", served.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    let mut clients = Clients::new(channel, Bearer::token(&token));
+    let mut clients = Clients::new(served.connect().await, Bearer::token(&token));
     // A value to escape, as a caller may send: a quote and a backslash.
     let request_id = format!("json-\"{}\\", uuid::Uuid::new_v4());
     let request = traced_poll(&agents[0].0, &request_id);
     clients.calls.poll_user_status(request).await.unwrap();
 
-    let mut line = None;
-    for _ in 0..100 {
-        line = served.log_lines().into_iter().find(|l| {
+    let mut line = served
+        .log_line(|l| {
             l["message"] == "served" && l["spans"][0]["request_id"] == request_id.as_str()
-        });
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let mut line = line.expect("a `served` line of the request, as JSON");
+        })
+        .await;
     let entry = line.as_object_mut().unwrap();
     let timestamp = entry.remove("timestamp").unwrap();
     assert!(timestamp.as_str().unwrap().ends_with('Z'), "{timestamp}");

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use ccc_callcontrol::domain::access::Role;
 use sqlx::PgPool;
-use tonic::transport::Channel;
 
 use crate::helpers::*;
 use crate::support::binary::{Served, database_url};
@@ -32,12 +31,7 @@ async fn serve(pool: &PgPool, flags: &[&str]) -> Served {
 
 /// Clients on a connection of their own, sending `token`.
 async fn clients(served: &Served, token: &str) -> Clients {
-    let channel = Channel::from_shared(format!("http://{}", served.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    Clients::new(channel, Bearer::token(token))
+    Clients::new(served.connect().await, Bearer::token(token))
 }
 
 /// Requests in flight when SIGTERM arrives (held on a locked row) all
@@ -320,12 +314,7 @@ async fn sigterm_turns_health_not_serving_and_serves_through_the_drain(pool: PgP
 /// its first status (SERVING).
 async fn health_watch(served: &Served) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let channel = Channel::from_shared(format!("http://{}", served.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = HealthClient::new(channel)
+    let mut watch = HealthClient::new(served.connect().await)
         .watch(HealthCheckRequest {
             service: String::new(),
         })

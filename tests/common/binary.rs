@@ -92,6 +92,30 @@ impl Served {
             .collect()
     }
 
+    /// The first log line that `matches`, waiting up to 2 s for it: the
+    /// log is read on a thread of its own. Panics with the log if none.
+    pub async fn log_line(
+        &self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..100 {
+            if let Some(line) = self.log_lines().into_iter().find(&matches) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no such line in the log: {:#?}", self.log_lines());
+    }
+
+    /// A gRPC connection of its own to the binary.
+    pub async fn connect(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// SIGTERM, as an orchestrator stops a pod.
     pub fn terminate(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
