@@ -32,8 +32,8 @@ SELECT 'floor', 'job-' || k, 'ch-' || k || '-' || i, i,
 FROM generate_series(1, :clients * :calls) AS k, generate_series(1, 3) AS i;
 
 -- The functions read channel_state as text: RETURN QUERY wants the declared
--- types exactly, and the state columns may be domains over text
--- (tests/fixtures/state_domains.sql, the next release's migration).
+-- types exactly, and the state columns are domains over text
+-- (migrations/20261127000001_state_domains.sql).
 
 -- The least an EndConference must do, in one round trip: lock the call,
 -- release the leaver's channel, append the event, update the agent, and

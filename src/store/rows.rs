@@ -6,9 +6,9 @@
 //! built by the server or parsed here.
 //!
 //! A record names each field's type, and sqlx decodes only the types it
-//! knows, so the state columns are read cast to their base types: the next
-//! release makes them domains (`tests/fixtures/state_domains.sql`), and
-//! this one must read them either way. The casts cost nothing on `text`.
+//! knows, so the state columns, which are domains
+//! (`migrations/20261127000001_state_domains.sql`), are read cast to their
+//! base types. The casts cost nothing on `text`.
 
 use std::str::FromStr;
 

@@ -1,46 +1,81 @@
-//! The next release's migration (`tests/fixtures/state_domains.sql`) turns
-//! the state columns into domains. This release is the one that will be
-//! running when it is applied, so it must work on either schema: its reads
-//! name those columns as text, which a record of domain-typed fields would
-//! otherwise carry as types sqlx cannot decode.
+//! The state columns are domains (`migrations/20261127000001_state_domains.sql`).
+//! The migration runs while replicas serve: calls begun on the tables'
+//! CHECK constraints go on after it, on connections that prepared their
+//! statements before it, and it rewrites nothing. The domains refuse what
+//! the constraints refused.
+
+use std::borrow::Cow;
 
 use ccc_callcontrol::proto::{UserState, channel_context::ChannelState};
+use ccc_callcontrol::startup::MIGRATOR;
 use sqlx::PgPool;
+use sqlx::migrate::Migration;
 
 use crate::helpers::*;
 
-const STATE_DOMAINS: &str = include_str!("../fixtures/state_domains.sql");
+const STATE_DOMAINS: i64 = 20261127000001;
 
-async fn apply_state_domains(pool: &PgPool) {
-    sqlx::raw_sql(STATE_DOMAINS)
-        .execute(pool)
-        .await
-        .expect("the state domains apply");
+/// The migrations before the state domains, applied to an empty database.
+async fn migrate_to_the_release_before(pool: &PgPool) {
+    for migration in MIGRATOR.iter().filter(|m| m.version < STATE_DOMAINS) {
+        apply(pool, migration).await;
+    }
 }
 
-/// A whole call, on domain-typed columns: every read of a call, its
+async fn apply_state_domains(pool: &PgPool) {
+    let migration = MIGRATOR
+        .iter()
+        .find(|m| m.version == STATE_DOMAINS)
+        .expect("the state domains migration");
+    assert!(
+        !migration.no_tx,
+        "it runs in one transaction, so the constraints it drops and adds change under one lock"
+    );
+    apply(pool, migration).await;
+}
+
+async fn apply(pool: &PgPool, migration: &Migration) {
+    let sql: &Cow<'static, str> = &migration.sql;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(sql)
+        .execute(&mut *tx)
+        .await
+        .unwrap_or_else(|e| panic!("{} applies: {e}", migration.description));
+    tx.commit().await.unwrap();
+}
+
+/// A rollout: the call and its agents are written on the CHECK constraints
+/// by two replicas that keep their connections (and the statements those
+/// prepared) across the migration; after it, every read of a call, its
 /// channels and its agents decodes (the load, PollUserStatus, and the read
 /// in a guarded apply that finds the call moved), and every write passes.
-#[sqlx::test]
-async fn every_action_works_on_the_state_domains(pool: PgPool) {
-    apply_state_domains(&pool).await;
+#[sqlx::test(migrations = false)]
+async fn calls_begun_before_the_migration_go_on_after_it(pool: PgPool) {
+    migrate_to_the_release_before(&pool).await;
     let app = spawn_app(pool.clone()).await;
-    let other = spawn_app(pool).await;
+    let other = spawn_app(pool.clone()).await;
     let agents = app
         .ready_agents(&["alice", "bob", "carol", "dave", "erin"])
         .await;
     let (alice, bob, carol) = (&agents[0], &agents[1], &agents[2]);
-
     let conf = app
         .answered_conference(&alice.0, &[bob.1.as_str(), carol.1.as_str(), CUSTOMER])
         .await;
+    assert_eq!(
+        other.poll(&bob.0).await.user_context.unwrap().user_state(),
+        UserState::Talking
+    );
+
+    apply_state_domains(&pool).await;
+
     let left = app.end(&alice.0, &conf.job_id).await.unwrap();
     assert_eq!(left.user_context.unwrap().user_state(), UserState::Working);
     let channels = left.call_context.unwrap().channel_contexts;
     assert_eq!(channels.len(), 4);
     assert_eq!(state_of(&channels, &bob.1), ChannelState::Answered);
 
-    // The other replica knows nothing of the call: it reads it.
+    // The other replica read the call before the migration; it reads it
+    // again (its statements were prepared on the tables as they were).
     let status = other.poll(&bob.0).await;
     assert_eq!(
         status.user_context.unwrap().user_state(),
@@ -83,7 +118,6 @@ async fn every_action_works_on_the_state_domains(pool: PgPool) {
 /// The domains refuse what the tables' CHECK constraints refused.
 #[sqlx::test]
 async fn the_state_domains_refuse_what_the_checks_refused(pool: PgPool) {
-    apply_state_domains(&pool).await;
     let app = spawn_app(pool.clone()).await;
     let agents = app.ready_agents(&["alice"]).await;
     let started = app.start(&agents[0].0, &[CUSTOMER]).await.unwrap();
@@ -111,8 +145,9 @@ async fn the_state_domains_refuse_what_the_checks_refused(pool: PgPool) {
 
 /// The migration rewrites no table and rebuilds no index, so its locks are
 /// held for milliseconds however large the tables.
-#[sqlx::test]
+#[sqlx::test(migrations = false)]
 async fn the_state_domains_rewrite_no_table(pool: PgPool) {
+    migrate_to_the_release_before(&pool).await;
     let files = "SELECT relname::text, relfilenode::int8 FROM pg_class
                  WHERE relnamespace = 'public'::regnamespace
                    AND relname IN ('agents', 'calls', 'channels', 'agents_pkey', 'calls_pkey',
