@@ -20,12 +20,14 @@ use crate::app::{App, Limits, TokenCache, WatchOptions};
 use crate::config::DatabaseArgs;
 use crate::store::{self, Store};
 
-/// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+mod schema;
+
+pub use schema::MIGRATOR;
 
 /// Creates the database if it is missing, connects, and applies pending
-/// migrations. Replicas may run this at the same time: sqlx serializes
-/// migrations with an advisory lock. A database that does not answer yet
+/// migrations (refusing a schema that newer releases have left this one
+/// too old for: `schema`). Replicas may run this at the same time: sqlx
+/// serializes migrations with an advisory lock. A database that does not answer yet
 /// (replicas often start before it) is retried with backoff for up to
 /// `--connect-wait-ms`.
 pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
@@ -45,10 +47,7 @@ pub async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let pool = connect_pool(options, args)
         .await
         .context("Failed to connect to the database")?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("Failed to apply migrations")?;
+    schema::migrate(&pool).await?;
     warn_if_autovacuum_is_off(&pool, &database).await;
     Ok(pool)
 }

@@ -22,6 +22,7 @@ mod known_agents;
 mod known_calls;
 mod logs;
 mod poll_and_ready;
+mod releases;
 mod reliability;
 mod report_channel_event;
 mod round_trips;

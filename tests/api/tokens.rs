@@ -13,6 +13,7 @@ use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::*;
+use crate::support::binary::database_url;
 
 async fn poll_as(clients: &Clients, user: &str) -> Result<proto::UserContext, tonic::Status> {
     let r = clients
@@ -360,19 +361,6 @@ async fn a_revoked_token_stops_working_at_once(pool: PgPool) {
     assert_error(&err, Code::NotFound, "NotExists.InstanceId", 404);
 }
 
-/// The database URL of this test's own database.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = base
-        .rsplit_once('/')
-        .map_or(base.as_str(), |(s, _)| s)
-        .to_owned();
-    format!(
-        "{server}/{}",
-        pool.connect_options().get_database().expect("a database")
-    )
-}
-
 fn cli(args: &[&str], url: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
         .args(args)
@@ -386,7 +374,7 @@ fn cli(args: &[&str], url: &str) -> std::process::Output {
 async fn the_command_line_bootstraps_lists_and_revokes_tokens(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.ready_agents(&["alice"]).await;
-    let url = database_url(&pool);
+    let url = database_url(&pool, None);
 
     let created = cli(
         &[
