@@ -92,7 +92,9 @@ impl Changes {
         mut consulted: Vec<UserId>,
     ) -> Self {
         agents.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        // Once each: the write locks and compares each agent once.
         consulted.sort();
+        consulted.dedup();
         Self {
             call: Some(call),
             call_created: false,
@@ -675,6 +677,21 @@ mod tests {
 
         let ready = agent(3, UserState::Ready, None);
         assert_eq!(ids(&Changes::of_agent(ready)), ["a3@i"]);
+    }
+
+    /// An agent the decision went by twice (two of its channels, say) is
+    /// held once.
+    #[test]
+    fn an_agent_consulted_twice_is_held_once() {
+        let (call, _) = three_party();
+        let user = |s: &str| UserId::from_trusted(s.to_owned());
+        let changes = Changes::of_call(
+            call,
+            Vec::new(),
+            Vec::new(),
+            vec![user("b@i"), user("a@i"), user("b@i")],
+        );
+        assert_eq!(changes.consulted, [user("a@i"), user("b@i")]);
     }
 
     /// Every state the leaver's channel can be in.
