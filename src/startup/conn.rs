@@ -4,9 +4,9 @@
 //! connection does not take vectored writes) as a buffer of its own beside
 //! its write buffer, and flushes before it queues anything after it. A
 //! unary reply is HEADERS, one DATA frame and the trailers; ours are 0.3 to
-//! 1 KiB, so with vectored writes each went out as two writes: HEADERS and
-//! DATA, then the 10 bytes of trailers, which the caller then read and
-//! woke for twice. Told that vectored writes are not available, h2 copies
+//! 1 KiB, so with vectored writes each went out as two writes and two TCP
+//! segments: HEADERS and DATA, then the 10 bytes of trailers. Told that
+//! vectored writes are not available, h2 copies
 //! such a reply into its buffer and sends it whole with one write
 //! (docs/performance.md, "A reply in one write").
 
