@@ -50,6 +50,10 @@ stop_server() {
     server_pid=
 }
 
+# field EXPR: EXPR (Python, over the JSON document `d` read from stdin)
+# printed: "-" for null, floats to three places.
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); v=eval(sys.argv[1]); print("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else v))' "$1"; }
+
 # analyze_all URL...: ANALYZE each database, as autovacuum would within a
 # minute of a real deployment's first writes. Until then PostgreSQL plans
 # for empty tables, and a bench on a new database would measure those plans

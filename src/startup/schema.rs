@@ -26,30 +26,15 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("Failed to apply migrations")?;
-    let oldest = oldest_release(pool).await?;
-    let ours = Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate's version is semver");
-    if let Some(oldest) = oldest {
-        refuse_if_left_behind(&ours, &oldest)?;
-    }
-    warn_of_newer_migrations(pool, &ours).await
-}
-
-/// The oldest release whose replicas serve the database's schema, as its
-/// migrations declared it; `None` before any did.
-async fn oldest_release(pool: &PgPool) -> anyhow::Result<Option<String>> {
-    let declared: bool =
-        sqlx::query_scalar("SELECT to_regprocedure('ccc_oldest_release()') IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .context("Failed to read which releases serve the schema")?;
-    if !declared {
-        return Ok(None);
-    }
-    sqlx::query_scalar("SELECT ccc_oldest_release()")
+    // This release's own migrations declare the function, so once they
+    // have run it is there.
+    let oldest: String = sqlx::query_scalar("SELECT ccc_oldest_release()")
         .fetch_one(pool)
         .await
-        .map(Some)
-        .context("Failed to read which releases serve the schema")
+        .context("Failed to read which releases serve the schema")?;
+    let ours = Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate's version is semver");
+    refuse_if_left_behind(&ours, &oldest)?;
+    warn_of_newer_migrations(pool, &ours).await
 }
 
 /// Fails when release `ours` is older than `oldest`, the oldest release

@@ -4,8 +4,6 @@
 //! statements before it, and it rewrites nothing. The domains refuse what
 //! the constraints refused.
 
-use std::borrow::Cow;
-
 use ccc_callcontrol::proto::{UserState, channel_context::ChannelState};
 use ccc_callcontrol::startup::MIGRATOR;
 use sqlx::PgPool;
@@ -35,9 +33,8 @@ async fn apply_state_domains(pool: &PgPool) {
 }
 
 async fn apply(pool: &PgPool, migration: &Migration) {
-    let sql: &Cow<'static, str> = &migration.sql;
     let mut tx = pool.begin().await.unwrap();
-    sqlx::raw_sql(sql)
+    sqlx::raw_sql(&migration.sql)
         .execute(&mut *tx)
         .await
         .unwrap_or_else(|e| panic!("{} applies: {e}", migration.description));
