@@ -19,7 +19,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::app::{App, Limits, TokenCache, WatchOptions};
 use crate::config::DatabaseArgs;
-use crate::store::{self, Store};
+use crate::store::{self, Store, warm};
 
 mod conn;
 mod schema;
@@ -130,7 +130,9 @@ const RANDOM_PAGE_COST: &str = "1.1";
 /// ping is off): a unit's connection is reused only when the unit ran to
 /// its end, and is closed otherwise (`app::unit`); sqlx pings each
 /// connection that comes back to the pool, which a unit that ended cleanly
-/// skips (`store::warm`). Tests build their pools with this too, over
+/// skips (`store::warm`), and that ping is bounded by the acquire timeout
+/// (`warm::check_on_release`: a slot waited on longer is of no use to a
+/// unit anyway). Tests build their pools with this too, over
 /// their own databases.
 pub async fn connect_pool(
     options: PgConnectOptions,
@@ -158,6 +160,7 @@ pub async fn connect_pool(
         .max_connections(args.max_connections)
         .acquire_timeout(args.acquire_timeout())
         .test_before_acquire(false)
+        .after_release(warm::check_on_release(args.acquire_timeout()))
         .connect_with(options.options(settings))
         .await?;
     Ok(pool)

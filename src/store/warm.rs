@@ -15,12 +15,16 @@
 //! later: a connection not reused within [`WARM_FOR`] (by the next
 //! [`Warm::sweep`], which the replica runs that often), or one that has
 //! circulated here for [`CIRCULATE_FOR`], goes back to sqlx, which pings it
-//! and applies its idle timeout and maximum lifetime.
+//! and applies its idle timeout and maximum lifetime. Before sqlx's ping,
+//! [`check_on_release`] pings it within a bound and closes it if the
+//! database does not answer, so a stall or a partition at that moment
+//! cannot hold the pool's slots.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolConnection;
+use futures_util::future::BoxFuture;
+use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 
@@ -32,6 +36,42 @@ pub const WARM_FOR: Duration = Duration::from_secs(5);
 /// it has been out this long, so sqlx's maximum lifetime still applies to
 /// it: one ping a minute per connection, not one per unit.
 pub const CIRCULATE_FOR: Duration = Duration::from_secs(60);
+
+/// The check of a connection coming back to sqlx's pool
+/// (`PgPoolOptions::after_release`): a ping answered within `bound`, else
+/// the connection is closed without another byte sent to the server.
+///
+/// sqlx pings every connection that comes back, after this check, with no
+/// time limit (sqlx issue #4349): a database that stalls, or a network that
+/// drops packets, right then holds the connection's slot until TCP gives
+/// up, which is minutes, and a sweep gives back every connection idle at
+/// once. This ping fails first, within `bound`. sqlx's own then follows one
+/// answered just before, so only a stall that begins in between can still
+/// hold a slot. The second ping costs one round trip on the paths that
+/// give a connection back, not on a unit's.
+pub fn check_on_release(
+    bound: Duration,
+) -> impl for<'c> Fn(
+    &'c mut PgConnection,
+    PoolConnectionMetadata,
+) -> BoxFuture<'c, Result<bool, sqlx::Error>>
++ Send
++ Sync
++ 'static {
+    move |conn, _| {
+        Box::pin(async move {
+            match tokio::time::timeout(bound, conn.ping()).await {
+                Ok(answered) => answered.map(|()| true),
+                // An error closes the connection at once, without the
+                // Terminate a clean close would send first.
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer to a ping within {bound:?}"),
+                ))),
+            }
+        })
+    }
+}
 
 /// A connection out of sqlx's pool, for one unit at a time.
 #[derive(Debug)]

@@ -1,11 +1,16 @@
 //! The connections a replica keeps between units of work (`store::warm`),
 //! on a real pool: reused as they are, given back to the pool once unused,
-//! closed with the pool.
+//! closed with the pool, and closed if the database does not answer as
+//! they go back.
 
 use std::time::Duration;
 
+use ccc_callcontrol::config::DatabaseArgs;
+use ccc_callcontrol::startup::connect_pool;
 use ccc_callcontrol::store::{Store, warm};
 use sqlx::PgPool;
+
+use crate::support::proxy::Proxy;
 
 async fn backend_pid(conn: &mut warm::Conn) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -86,4 +91,50 @@ async fn closing_the_store_closes_the_kept_connections(pool: PgPool) {
         .expect("closed without waiting on its own kept connections");
     assert!(pool.is_closed());
     assert_eq!(pool.size(), 0);
+}
+
+/// sqlx pings each connection that comes back to its pool and waits for
+/// the answer without a time limit (sqlx issue #4349); the service's
+/// bounded ping before it closes a connection the database does not
+/// answer. Here the network goes silent (a proxy that forwards nothing)
+/// just as a connection goes back: its slot is free again within the
+/// bound, and the pool opens a new connection once the network is back.
+#[sqlx::test]
+async fn a_connection_given_back_to_a_silent_database_frees_its_slot(direct: PgPool) {
+    let target = direct.connect_options();
+    let upstream = tokio::net::lookup_host((target.get_host(), target.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("the test database's address");
+    let proxy = Proxy::start(upstream).await;
+    let mut args = DatabaseArgs::for_url(String::new());
+    args.acquire_timeout_ms = 300;
+    let options = (*target)
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.addr().port());
+    let pool = connect_pool(options, &args).await.unwrap();
+    let store = Store::new(pool.clone());
+    let mut conn = store.acquire().await.unwrap();
+    backend_pid(&mut conn).await;
+    assert_eq!(pool.size(), 1);
+
+    proxy.stall();
+    conn.give_back();
+    // Generous: the bound is 300 ms; unbounded, the slot stays taken for
+    // as long as the proxy is silent.
+    for _ in 0..1000 {
+        if pool.size() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.size(), 0, "the unanswered connection was closed");
+
+    proxy.resume();
+    let mut fresh = store.acquire().await.unwrap();
+    backend_pid(&mut fresh).await;
+    store.reuse(fresh);
+    assert_eq!(pool.size(), 1);
 }
