@@ -260,7 +260,8 @@ pub struct DatabaseArgs {
     pub lock_timeout_ms: u64,
 
     /// At start, how long to keep trying to reach PostgreSQL (with
-    /// backoff) before giving up, in milliseconds (0: try once).
+    /// backoff) before giving up, in milliseconds (0: try once). TLS
+    /// refused, a bad URL or a refused password fail at once.
     #[arg(long, env = "CCC_DB_CONNECT_WAIT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub connect_wait_ms: u64,

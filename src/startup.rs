@@ -19,7 +19,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::app::{App, Limits, TokenCache, WatchOptions};
 use crate::config::DatabaseArgs;
-use crate::store::{self, Store, warm};
+use crate::store::{self, Store};
 
 mod conn;
 mod schema;
@@ -79,7 +79,8 @@ async fn warn_if_autovacuum_is_off(pool: &PgPool, database: &str) {
     }
 }
 
-/// Whether the database exists, once the server answers at all.
+/// Whether the database exists, once the server answers at all. What
+/// waiting cannot mend (a certificate, the URL, a password) fails at once.
 async fn wait_for_database(args: &DatabaseArgs) -> anyhow::Result<bool> {
     let give_up = Instant::now() + Duration::from_millis(args.connect_wait_ms);
     let mut pause = Duration::from_millis(100);
@@ -88,18 +89,35 @@ async fn wait_for_database(args: &DatabaseArgs) -> anyhow::Result<bool> {
             args.acquire_timeout(),
             Postgres::database_exists(&args.database_url),
         )
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|found| found.map_err(anyhow::Error::from));
-        match attempt {
-            Ok(exists) => return Ok(exists),
-            Err(e) if Instant::now() + pause < give_up => {
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "PostgreSQL does not answer yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+        .await;
+        let e = match attempt {
+            Ok(Ok(exists)) => return Ok(exists),
+            Ok(Err(e)) if is_permanent(&e) => {
+                return Err(e).context("Failed to connect to PostgreSQL");
             }
-            Err(e) => return Err(e).context("Failed to reach PostgreSQL"),
+            Ok(Err(e)) => anyhow::Error::from(e),
+            Err(elapsed) => anyhow::Error::from(elapsed),
+        };
+        if Instant::now() + pause >= give_up {
+            return Err(e).context("Failed to reach PostgreSQL");
         }
+        tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "PostgreSQL does not answer yet");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// An error connecting that the same attempt would meet again: TLS
+/// refused (no TLS on the server, or a certificate that does not verify:
+/// rustls reports that as invalid data), a bad URL, or authentication
+/// refused (SQLSTATE class 28). A server starting up, refusing or dropping
+/// connections is worth waiting for.
+fn is_permanent(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("28")),
+        _ => false,
     }
 }
 
@@ -130,9 +148,8 @@ const RANDOM_PAGE_COST: &str = "1.1";
 /// ping is off): a unit's connection is reused only when the unit ran to
 /// its end, and is closed otherwise (`app::unit`); sqlx pings each
 /// connection that comes back to the pool, which a unit that ended cleanly
-/// skips (`store::warm`), and that ping is bounded by the acquire timeout
-/// (`warm::check_on_release`: a slot waited on longer is of no use to a
-/// unit anyway). Tests build their pools with this too, over
+/// skips, and which `store::warm` precedes with a ping bounded by the
+/// acquire timeout. Tests build their pools with this too, over
 /// their own databases.
 pub async fn connect_pool(
     options: PgConnectOptions,
@@ -160,7 +177,6 @@ pub async fn connect_pool(
         .max_connections(args.max_connections)
         .acquire_timeout(args.acquire_timeout())
         .test_before_acquire(false)
-        .after_release(warm::check_on_release(args.acquire_timeout()))
         .connect_with(options.options(settings))
         .await?;
     Ok(pool)

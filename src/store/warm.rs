@@ -16,15 +16,14 @@
 //! [`Warm::sweep`], which the replica runs that often), or one that has
 //! circulated here for [`CIRCULATE_FOR`], goes back to sqlx, which pings it
 //! and applies its idle timeout and maximum lifetime. Before sqlx's ping,
-//! [`check_on_release`] pings it within a bound and closes it if the
+//! [`Conn::give_back`] pings it within a bound and closes it if the
 //! database does not answer, so a stall or a partition at that moment
 //! cannot hold the pool's slots.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
+use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 
@@ -37,48 +36,16 @@ pub const WARM_FOR: Duration = Duration::from_secs(5);
 /// it: one ping a minute per connection, not one per unit.
 pub const CIRCULATE_FOR: Duration = Duration::from_secs(60);
 
-/// The check of a connection coming back to sqlx's pool
-/// (`PgPoolOptions::after_release`): a ping answered within `bound`, else
-/// the connection is closed without another byte sent to the server.
-///
-/// sqlx pings every connection that comes back, after this check, with no
-/// time limit (sqlx issue #4349): a database that stalls, or a network that
-/// drops packets, right then holds the connection's slot until TCP gives
-/// up, which is minutes, and a sweep gives back every connection idle at
-/// once. This ping fails first, within `bound`. sqlx's own then follows one
-/// answered just before, so only a stall that begins in between can still
-/// hold a slot. The second ping costs one round trip on the paths that
-/// give a connection back, not on a unit's.
-pub fn check_on_release(
-    bound: Duration,
-) -> impl for<'c> Fn(
-    &'c mut PgConnection,
-    PoolConnectionMetadata,
-) -> BoxFuture<'c, Result<bool, sqlx::Error>>
-+ Send
-+ Sync
-+ 'static {
-    move |conn, _| {
-        Box::pin(async move {
-            match tokio::time::timeout(bound, conn.ping()).await {
-                Ok(answered) => answered.map(|()| true),
-                // An error closes the connection at once, without the
-                // Terminate a clean close would send first.
-                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer to a ping within {bound:?}"),
-                ))),
-            }
-        })
-    }
-}
-
 /// A connection out of sqlx's pool, for one unit at a time.
 #[derive(Debug)]
 pub struct Conn {
     inner: PoolConnection<Postgres>,
     /// When it left sqlx's pool.
     out_since: Instant,
+    /// How long the database may take to answer the ping before the
+    /// connection goes back: the pool's acquire timeout, since a slot
+    /// waited on longer is of no use to a unit anyway.
+    answer_within: Duration,
 }
 
 impl Conn {
@@ -87,9 +54,47 @@ impl Conn {
     }
 
     /// Hands the connection back to sqlx's pool, which pings it before
-    /// anyone else gets it.
+    /// anyone else gets it, once the database has answered a ping within
+    /// `answer_within`; without an answer it is closed, without another
+    /// byte sent, and its slot is free at once.
+    ///
+    /// sqlx's own ping has no time limit (sqlx issue #4349): a database
+    /// that stalls, or a network that drops packets, just then would hold
+    /// the slot until TCP gives up, which is minutes, and a sweep gives
+    /// back every connection idle at once. Nor would sqlx's `after_release`
+    /// hook do: when it fails, sqlx closes the connection gracefully, and
+    /// over TLS that waits to read from the silent server too. sqlx's ping
+    /// follows one answered just before, so only a stall that begins in
+    /// between can still hold a slot. The check costs a round trip on the
+    /// paths that give a connection back (a failed unit, a sweep, once a
+    /// minute per busy connection), none on a unit that ended cleanly.
     pub fn give_back(self) {
-        drop(self.inner);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to wait on: shutting down; sqlx closes it.
+            drop(self.inner);
+            return;
+        };
+        let Self {
+            mut inner,
+            answer_within,
+            ..
+        } = self;
+        runtime.spawn(async move {
+            match tokio::time::timeout(answer_within, inner.ping()).await {
+                Ok(Ok(())) => drop(inner),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "a connection going back to the pool failed its ping; closed");
+                    drop(inner.detach());
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        answer_within_ms = answer_within.as_millis() as u64,
+                        "a connection going back to the pool got no answer to its ping; closed"
+                    );
+                    drop(inner.detach());
+                }
+            }
+        });
     }
 
     /// Closes the connection instead of reusing it: its state is unknown.
@@ -141,7 +146,11 @@ impl Warm {
             tokio::select! {
                 () = &mut kept_one => {}
                 conn = pool.acquire() => {
-                    return conn.map(|inner| Conn { inner, out_since: Instant::now() });
+                    return conn.map(|inner| Conn {
+                        inner,
+                        out_since: Instant::now(),
+                        answer_within: pool.options().get_acquire_timeout(),
+                    });
                 }
             }
         }
@@ -171,15 +180,19 @@ impl Warm {
                 .unwrap_or(kept.len());
             kept.drain(..fresh).collect::<Vec<_>>()
         };
-        // Dropped outside the lock: each goes back to sqlx's pool.
-        drop(stale);
+        // Outside the lock.
+        for k in stale {
+            k.conn.give_back();
+        }
     }
 
     /// Gives every kept connection back to sqlx's pool (which closes them
     /// once it is closed itself).
     pub fn release_all(&self) {
         let all = std::mem::take(&mut *self.lock());
-        drop(all);
+        for k in all {
+            k.conn.give_back();
+        }
     }
 
     /// How many are kept now.

@@ -3,13 +3,18 @@
 //! closed with the pool, and closed if the database does not answer as
 //! they go back.
 
+use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use ccc_callcontrol::config::DatabaseArgs;
 use ccc_callcontrol::startup::connect_pool;
 use ccc_callcontrol::store::{Store, warm};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
+use crate::support::pki::{ca, leaf};
+use crate::support::private_pg::PrivatePg;
 use crate::support::proxy::Proxy;
 
 async fn backend_pid(conn: &mut warm::Conn) -> i32 {
@@ -101,19 +106,34 @@ async fn closing_the_store_closes_the_kept_connections(pool: PgPool) {
 /// bound, and the pool opens a new connection once the network is back.
 #[sqlx::test]
 async fn a_connection_given_back_to_a_silent_database_frees_its_slot(direct: PgPool) {
-    let target = direct.connect_options();
+    let target = (*direct.connect_options()).clone();
     let upstream = tokio::net::lookup_host((target.get_host(), target.get_port()))
         .await
         .unwrap()
         .next()
         .expect("the test database's address");
+    silent_database_frees_the_slot(upstream, target.ssl_mode(PgSslMode::Disable)).await;
+}
+
+/// The same over TLS, where a graceful close would wait on the silent
+/// server too: a private server with a certificate of the test's own.
+#[tokio::test]
+async fn a_connection_given_back_to_a_silent_database_frees_its_slot_over_tls() {
+    let (cert, key) = leaf(&["127.0.0.1"], &ca("database CA"));
+    let pg = PrivatePg::start_with_tls(cert, key).await;
+    let target = PgConnectOptions::from_str(&pg.url("postgres"))
+        .unwrap()
+        .ssl_mode(PgSslMode::Require);
+    silent_database_frees_the_slot(pg.addr(), target).await;
+}
+
+/// Connects to `upstream` through a proxy, as `target` says but for the
+/// address, and silences the proxy as the one connection goes back.
+async fn silent_database_frees_the_slot(upstream: SocketAddr, target: PgConnectOptions) {
     let proxy = Proxy::start(upstream).await;
     let mut args = DatabaseArgs::for_url(String::new());
     args.acquire_timeout_ms = 300;
-    let options = (*target)
-        .clone()
-        .host("127.0.0.1")
-        .port(proxy.addr().port());
+    let options = target.host("127.0.0.1").port(proxy.addr().port());
     let pool = connect_pool(options, &args).await.unwrap();
     let store = Store::new(pool.clone());
     let mut conn = store.acquire().await.unwrap();

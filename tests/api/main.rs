@@ -12,6 +12,7 @@ mod bad_inputs;
 mod bench;
 mod concurrency;
 mod contract_json;
+mod database_tls;
 mod end_conference;
 mod events;
 mod failures;

@@ -419,3 +419,31 @@ async fn serve_waits_for_the_database_then_gives_up() {
     );
     assert!(log.contains("Failed to reach PostgreSQL"), "{log}");
 }
+
+/// What waiting cannot mend, `serve` does not wait for: a login the
+/// database refuses (here a role it does not have: SQLSTATE 28000) ends
+/// it at its first attempt, though `--connect-wait-ms` (60 s by default)
+/// would allow a minute of retries, each logged.
+#[sqlx::test]
+async fn serve_gives_up_at_once_on_a_refused_login(pool: PgPool) {
+    let url = database_url(&pool, None);
+    let (_, rest) = url.split_once("://").expect("a URL");
+    let server = rest.rsplit_once('@').map_or(rest, |(_, server)| server);
+    let refused = format!("postgres://ccc_no_such_role@{server}");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", refused)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!log.contains("does not answer yet"), "no retries: {log}");
+    assert!(log.contains("Failed to connect to PostgreSQL"), "{log}");
+    assert!(log.contains("ccc_no_such_role"), "the reason: {log}");
+}

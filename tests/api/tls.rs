@@ -1,17 +1,17 @@
 //! Transport security: TLS with a CA the client trusts, and mutual TLS.
-//! Certificates are made here, per test (rcgen); none are committed.
+//! Certificates are made per test (`support::pki`); none are committed.
 
 use std::time::Duration;
 
 use ccc_callcontrol::domain::access::Role;
 use ccc_callcontrol::proto::{self, call_control_client::CallControlClient};
 use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::*;
+use crate::support::pki::{ca, leaf};
 
 struct Pki {
     ca_pem: String,
@@ -19,23 +19,6 @@ struct Pki {
     client: (String, String),
     /// Signed by a CA the server does not trust.
     stranger: (String, String),
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(names: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
 }
 
 fn pki() -> Pki {

@@ -4,7 +4,7 @@
 //! of the suite runs against. Removed when dropped.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +28,8 @@ struct Cluster {
     /// initdb refuses to run as root, and CI runs tests as root: the server
     /// then runs as the `postgres` system user.
     as_postgres: bool,
+    /// Whether it serves TLS, with `server.crt` and `server.key` of `dir`.
+    tls: bool,
 }
 
 impl PrivatePg {
@@ -35,7 +37,16 @@ impl PrivatePg {
     /// machine is not what these tests are about) and starts it on a free
     /// port of 127.0.0.1.
     pub async fn start() -> Self {
-        let cluster = tokio::task::spawn_blocking(Cluster::create)
+        let cluster = tokio::task::spawn_blocking(|| Cluster::create(None))
+            .await
+            .expect("starting the private PostgreSQL");
+        Self { cluster }
+    }
+
+    /// [`start`](Self::start), serving TLS (and plaintext: clients choose)
+    /// with this certificate chain and private key (PEM).
+    pub async fn start_with_tls(cert_pem: String, key_pem: String) -> Self {
+        let cluster = tokio::task::spawn_blocking(|| Cluster::create(Some((cert_pem, key_pem))))
             .await
             .expect("starting the private PostgreSQL");
         Self { cluster }
@@ -104,7 +115,7 @@ impl Drop for PrivatePg {
 }
 
 impl Cluster {
-    fn create() -> Self {
+    fn create(tls: Option<(String, String)>) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "ccc-private-pg-{}-{}",
@@ -118,7 +129,16 @@ impl Cluster {
             bin: bin_dir(),
             port: 0,
             as_postgres: running_as_root(),
+            tls: tls.is_some(),
         };
+        if let Some((cert, key)) = tls {
+            std::fs::write(cluster.dir.join("server.crt"), cert).expect("server.crt");
+            // PostgreSQL refuses a key others may read.
+            let key_file = cluster.dir.join("server.key");
+            std::fs::write(&key_file, key).expect("server.key");
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+                .expect("server.key's mode");
+        }
         if cluster.as_postgres {
             run(Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -158,12 +178,18 @@ impl Cluster {
         // Only TCP on 127.0.0.1, and the socket file in our own directory,
         // so nothing collides with the shared server. synchronous_commit
         // stays on: an acknowledged commit must survive an immediate stop.
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c fsync=off -c full_page_writes=off -c max_connections=60",
             self.port,
             path_str(&self.dir)
         );
+        if self.tls {
+            options += &format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                path_str(&self.dir)
+            );
+        }
         let log = self.log_file();
         self.pg_ctl(&[
             "start",
