@@ -309,19 +309,14 @@ fn redact_password(url: &str) -> String {
     }
 }
 
-/// An OTLP/gRPC collector's URL: `http://host:port`. Checked here, so a
-/// typo stops the start naming the flag instead of silently losing every
-/// span; `https` is refused rather than sent in plaintext.
+/// An OTLP/gRPC collector's URL: `http://host:port`, or `https://host:port`
+/// for TLS. Checked here, so a typo stops the start naming the flag
+/// instead of silently losing every span.
 fn otlp_endpoint(raw: &str) -> Result<String, String> {
     let uri: tonic::transport::Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(raw.to_owned()),
-        (Some("https"), _) => Err(
-            "TLS to the collector is not supported: use http:// to a collector on the node \
-             or in the pod, or let the mesh add TLS"
-                .to_owned(),
-        ),
-        _ => Err("expected http://host:port".to_owned()),
+        (Some("http" | "https"), Some(_)) => Ok(raw.to_owned()),
+        _ => Err("expected http://host:port, or https://host:port for TLS".to_owned()),
     }
 }
 
@@ -361,11 +356,17 @@ pub struct ServeArgs {
 
     /// Export spans (each request, each unit of database work) over
     /// OTLP/gRPC to this collector, e.g. `http://otel-collector:4317`; off
-    /// by default. Plaintext only: point it at a collector on the node or
-    /// in the pod, or let the mesh add TLS. Tuned with the standard
-    /// OTEL_BSP_* and OTEL_TRACES_SAMPLER variables.
+    /// by default. `https://` speaks TLS, checking the collector's
+    /// certificate against public CAs (Mozilla's list, built in) and
+    /// --otlp-ca-cert. Tuned with the standard OTEL_BSP_* and
+    /// OTEL_TRACES_SAMPLER variables.
     #[arg(long, env = "CCC_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
+
+    /// A CA (PEM) to trust for an `https://` --otlp-endpoint, besides the
+    /// public ones: a collector with a certificate of a private CA.
+    #[arg(long, env = "CCC_OTLP_CA_CERT", requires = "otlp_endpoint")]
+    pub otlp_ca_cert: Option<PathBuf>,
 
     /// How long a replica remembers an access-token lookup, in
     /// milliseconds (0: look up every request). A token revoked elsewhere
@@ -498,13 +499,25 @@ mod tests {
             ("--db-timeout-ms", "0"),
             ("--request-timeout-ms", "soon"),
             ("--otlp-endpoint", "otel-collector:4317"),
-            ("--otlp-endpoint", "https://otel-collector:4317"),
+            ("--otlp-endpoint", "grpc://otel-collector:4317"),
         ] {
             let err = Cli::try_parse_from(["ccc-callcontrol", "serve", flag, value])
                 .expect_err(flag)
                 .to_string();
             assert!(err.contains(flag), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn an_otlp_ca_needs_an_endpoint() {
+        let https = ["--otlp-endpoint", "https://otel-collector:4317"];
+        let parsed = |extra: &[&str]| {
+            let args = ["ccc-callcontrol", "serve"].iter().chain(extra);
+            Cli::try_parse_from(args).map(|_| ())
+        };
+        assert!(parsed(&https).is_ok());
+        assert!(parsed(&["--otlp-ca-cert", "ca.pem"]).is_err());
+        assert!(parsed(&[https[0], https[1], "--otlp-ca-cert", "ca.pem"]).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 use ccc_callcontrol::app::WatchOptions;
@@ -34,9 +35,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let traces = match &cli.command {
         Command::Serve(ServeArgs {
             otlp_endpoint: Some(endpoint),
+            otlp_ca_cert,
             ..
         }) => {
-            let traces = telemetry::init_exporting(cli.log_format, endpoint)?;
+            let ca_pem = otlp_ca_cert
+                .as_deref()
+                .map(|path| {
+                    std::fs::read(path).with_context(|| {
+                        format!("Failed to read --otlp-ca-cert {}", path.display())
+                    })
+                })
+                .transpose()?;
+            let traces = telemetry::init_exporting(cli.log_format, endpoint, ca_pem.as_deref())?;
             tracing::info!(
                 endpoint = endpoint.as_str(),
                 "exporting spans over OTLP/gRPC"

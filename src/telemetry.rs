@@ -20,6 +20,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tonic::metadata::{KeyRef, MetadataMap};
+use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -56,15 +57,20 @@ pub fn init(format: LogFormat) {
 }
 
 /// Logging, and spans exported to the OTLP/gRPC collector at `endpoint`
-/// (`http://host:port`, see `config`). Runs inside the Tokio runtime:
-/// the exporter's connection lives on it. Nothing is sent until there are
-/// spans, so a collector that is down at start is no error. A second call
-/// (tests) keeps the first subscriber and exports nothing more.
-pub fn init_exporting(format: LogFormat, endpoint: &str) -> anyhow::Result<Traces> {
+/// (`http://host:port`, or `https://` for TLS trusting public CAs and
+/// `ca_pem`: see `config`). Runs inside the Tokio runtime: the exporter's
+/// connection lives on it. Nothing is sent until there are spans, so a
+/// collector that is down at start is no error. A second call (tests)
+/// keeps the first subscriber and exports nothing more.
+pub fn init_exporting(
+    format: LogFormat,
+    endpoint: &str,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<Traces> {
     if tracing::dispatcher::has_been_set() {
         return Ok(Traces { provider: None });
     }
-    let provider = provider(endpoint)?;
+    let provider = provider(endpoint, ca_pem)?;
     if install(format, Some(&provider)) {
         EXPORTING.store(true, Ordering::Relaxed);
         Ok(Traces {
@@ -118,12 +124,23 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) -> bool {
 /// The batch exporter to `endpoint`: a lazily connected channel with a
 /// connect timeout and a per-call timeout, a bounded queue, and the SDK's
 /// thread that sends it (tuned by the standard `OTEL_BSP_*` variables).
-fn provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+fn provider(endpoint: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<SdkTracerProvider> {
+    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .with_context(|| format!("Invalid OTLP endpoint {endpoint}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(EXPORT_TIMEOUT)
-        .connect_lazy();
+        .timeout(EXPORT_TIMEOUT);
+    if endpoint.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        channel = channel
+            .tls_config(tls)
+            .context("Invalid TLS settings for the OTLP endpoint")?;
+    } else if ca_pem.is_some() {
+        anyhow::bail!("--otlp-ca-cert is for an https:// --otlp-endpoint, not {endpoint}");
+    }
+    let channel = channel.connect_lazy();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_channel(channel)

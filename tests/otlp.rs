@@ -3,8 +3,9 @@
 //! sends a W3C `traceparent`. The receiver must get the request's span in
 //! the caller's trace, as a child of the caller's span, and the unit of
 //! database work's span as a child of the request's; spans still queued
-//! at SIGTERM must be sent before the process exits; and a collector that
-//! is not there must cost requests nothing.
+//! at SIGTERM must be sent before the process exits; a collector that is
+//! not there must cost requests nothing; and an `https://` endpoint must
+//! be reached over TLS.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,14 +21,17 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use sqlx::PgPool;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Identity, ServerTlsConfig};
 
 #[path = "common/binary.rs"]
 mod binary;
 #[path = "common/operator.rs"]
 mod operator;
+#[path = "api/support/pki.rs"]
+mod pki;
 use binary::{Served, database_url};
 use operator::operator_token;
+use pki::{ca, leaf};
 
 /// The caller's trace and span, as its `traceparent` names them.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -74,12 +78,28 @@ impl TraceService for Collector {
 impl Collector {
     /// Serves on a free port of 127.0.0.1; the receiver and its address.
     async fn start() -> (Self, SocketAddr) {
+        Self::serve(None).await
+    }
+
+    /// [`start`](Self::start), over TLS with this certificate and key (PEM).
+    async fn start_tls(cert: &str, key: &str) -> (Self, SocketAddr) {
+        Self::serve(Some(
+            ServerTlsConfig::new().identity(Identity::from_pem(cert, key)),
+        ))
+        .await
+    }
+
+    async fn serve(tls: Option<ServerTlsConfig>) -> (Self, SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let collector = Self::default();
         let service = TraceServiceServer::new(collector.clone());
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).expect("the receiver's TLS");
+        }
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            server
                 .add_service(service)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await
@@ -153,6 +173,23 @@ async fn start(pool: &PgPool, collector: SocketAddr, env: &[(&str, &str)]) -> Se
         env,
     )
     .await
+}
+
+/// A PEM file of the test's, removed when dropped.
+struct PemFile(std::path::PathBuf);
+
+impl PemFile {
+    fn new(name: &str, pem: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("ccc-otlp-{}-{name}.pem", std::process::id()));
+        std::fs::write(&path, pem).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for PemFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// An Admin client on a connection of its own.
@@ -288,4 +325,37 @@ async fn a_collector_that_is_not_there_costs_requests_nothing(pool: PgPool) {
         Some(0),
         "exits 0 after SIGTERM"
     );
+}
+
+/// An `https://` endpoint speaks TLS, trusting the CA of --otlp-ca-cert:
+/// the receiver, with a certificate that CA signed for `localhost`, gets
+/// the spans.
+#[sqlx::test]
+async fn spans_reach_a_collector_over_tls(pool: PgPool) {
+    let authority = ca("collector CA");
+    let (cert, key) = leaf(&["localhost"], &authority);
+    let (collector, at) = Collector::start_tls(&cert, &key).await;
+    let ca_file = PemFile::new("ca", &authority.pem());
+    let token = operator_token(&pool).await;
+    let endpoint = format!("https://localhost:{}", at.port());
+    let served = Served::start(
+        &database_url(&pool, None),
+        &[
+            "--drain-ms",
+            "0",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-ca-cert",
+            ca_file.0.to_str().unwrap(),
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+
+    create_instance(&served, &token, "ccc-otlp-tls").await;
+
+    let (request, _) = collector
+        .wait_for(|spans| request_and_unit(spans, "CreateInstance"))
+        .await;
+    assert_eq!(hex(&request.span.parent_span_id), CALLER_SPAN);
 }

@@ -64,7 +64,7 @@ impl Store {
     /// A connection for one unit of work: one kept from an earlier unit
     /// (`warm`), else one from the pool within its acquire timeout.
     pub async fn acquire(&self) -> Result<warm::Conn, Error> {
-        self.warm.acquire(&self.pool).await.map_err(db_error)
+        self.warm.acquire(&self.pool).await.map_err(acquire_error)
     }
 
     /// A connection whose unit ran to its end without a failure: kept for
@@ -130,6 +130,21 @@ pub(crate) fn db_error(e: sqlx::Error) -> Error {
             | sqlx::Error::WorkerCrashed => Error::Unavailable(e.into()),
             other => Error::Internal(other.into()),
         },
+    }
+}
+
+/// A connection could not be had: whatever the cause (no free connection
+/// in time, a database down, restarting or refusing connections, a TLS
+/// negotiation cut short, a refused login), the database is out of reach
+/// for now, which is no fault of the caller's: `Unavailable`, retryable,
+/// with the cause for the log. A reply to the TLS request that is not
+/// PostgreSQL's (a server still starting, a proxy cutting connections)
+/// is a protocol error to sqlx, and was INTERNAL before
+/// (`faults::a_database_outage_gives_only_unavailable_and_loses_nothing`).
+fn acquire_error(e: sqlx::Error) -> Error {
+    match db_error(e) {
+        Error::Internal(cause) => Error::Unavailable(cause),
+        other => other,
     }
 }
 

@@ -20,7 +20,10 @@
 //! database does not answer, so a stall or a partition at that moment
 //! cannot hold the pool's slots.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -49,6 +52,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    fn new(inner: PoolConnection<Postgres>, answer_within: Duration) -> Self {
+        Self {
+            inner,
+            out_since: Instant::now(),
+            answer_within,
+        }
+    }
+
     pub fn raw(&mut self) -> &mut PgConnection {
         &mut self.inner
     }
@@ -122,7 +133,18 @@ pub struct Warm {
     /// have none left to give (they are all out, some of them here), looks
     /// here again.
     kept_one: Notify,
+    /// Requests to sqlx's pool finishing without their unit.
+    finishing: AtomicUsize,
 }
+
+/// A request for a connection from sqlx's pool.
+type Acquiring = dyn Future<Output = Result<PoolConnection<Postgres>, sqlx::Error>> + Send;
+
+/// The most requests to sqlx's pool left to finish without their units at
+/// once: enough for a pool to grow by several connections at a time, few
+/// enough that a full pool (where a request only waits) keeps no crowd of
+/// them waiting.
+const FINISHING_AT_ONCE: usize = 4;
 
 #[derive(Debug)]
 struct Kept {
@@ -133,7 +155,23 @@ struct Kept {
 impl Warm {
     /// A connection: a kept one if any, else one from sqlx's pool (within
     /// its acquire timeout).
-    pub async fn acquire(&self, pool: &PgPool) -> Result<Conn, sqlx::Error> {
+    ///
+    /// A unit waits on both with one request to sqlx's pool, kept across
+    /// its wake-ups, and takes whichever comes first; if that is a kept
+    /// connection, the request is left to finish in the background
+    /// ([`Warm::finish_acquiring`]) and what it gets is kept for the next
+    /// unit. A request dropped cuts short the connection sqlx was opening
+    /// for it: a backend started, a TLS handshake made, then thrown away.
+    /// Up to 0.2.0 a unit dropped its request at every connection kept,
+    /// so where opening one takes longer than a unit (TLS, a database
+    /// across a network) the pool never grew to its size and the database
+    /// spent CPU starting backends for nothing: ReportChannelEvent at 8 in
+    /// flight over TLS ran at a third of its plaintext throughput
+    /// (docs/performance.md, "TLS to PostgreSQL";
+    /// `kept_connections::the_pool_grows_to_its_size_when_connecting_is_slower_than_a_unit`).
+    pub async fn acquire(self: &Arc<Self>, pool: &PgPool) -> Result<Conn, sqlx::Error> {
+        let answer_within = pool.options().get_acquire_timeout();
+        let mut asked: Option<Pin<Box<Acquiring>>> = None;
         loop {
             let kept_one = self.kept_one.notified();
             tokio::pin!(kept_one);
@@ -141,19 +179,44 @@ impl Warm {
             // still wakes this unit.
             kept_one.as_mut().enable();
             if let Some(conn) = self.take() {
+                if let Some(asked) = asked {
+                    self.finish_acquiring(asked, answer_within);
+                }
                 return Ok(conn);
             }
+            let pending = asked.get_or_insert_with(|| Box::pin(pool.acquire()));
             tokio::select! {
                 () = &mut kept_one => {}
-                conn = pool.acquire() => {
-                    return conn.map(|inner| Conn {
-                        inner,
-                        out_since: Instant::now(),
-                        answer_within: pool.options().get_acquire_timeout(),
-                    });
+                conn = pending => {
+                    return conn.map(|inner| Conn::new(inner, answer_within));
                 }
             }
         }
+    }
+
+    /// Lets a unit's request to sqlx's pool finish without the unit, and
+    /// keeps the connection it gets. At most [`FINISHING_AT_ONCE`] at a
+    /// time; past that the request is dropped, as before. Each ends within
+    /// sqlx's acquire timeout, with a connection or without.
+    fn finish_acquiring(self: &Arc<Self>, asked: Pin<Box<Acquiring>>, answer_within: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let claimed = self
+            .finishing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < FINISHING_AT_ONCE).then_some(n + 1)
+            });
+        if claimed.is_err() {
+            return;
+        }
+        let warm = Arc::clone(self);
+        runtime.spawn(async move {
+            if let Ok(inner) = asked.await {
+                warm.keep(Conn::new(inner, answer_within));
+            }
+            warm.finishing.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Keeps `conn` for the next unit if it is clean and has not been out
@@ -220,7 +283,7 @@ mod tests {
     /// clean, as does one a transaction was dropped on however new.
     #[sqlx::test(migrations = false)]
     async fn connections_go_back_to_sqlx_when_out_too_long_or_unclean(pool: PgPool) {
-        let warm = Warm::default();
+        let warm = Arc::new(Warm::default());
         let fresh = warm.acquire(&pool).await.unwrap();
         warm.keep(fresh);
         assert_eq!(warm.count(), 1, "clean and new: kept");

@@ -250,3 +250,36 @@ async fn units_that_end_give_their_connection_back(pool: PgPool) {
 
     assert_eq!(backend().await, first, "the same connection all along");
 }
+
+/// A server that answers the TLS request with a byte PostgreSQL never
+/// sends (as a proxy cutting connections, or a server not yet up, may):
+/// sqlx calls that a protocol error, and a unit that cannot get a
+/// connection for it is told the database is unavailable, retryable, not
+/// that the service failed.
+#[tokio::test]
+async fn a_garbled_connection_start_is_unavailable_not_internal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            let _ = socket.read_exact(&mut request).await;
+            let _ = socket.write_all(&[0]).await;
+        }
+    });
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy(&format!(
+            "postgres://postgres@{addr}/nowhere?sslmode=prefer"
+        ))
+        .unwrap();
+    let store = ccc_callcontrol::store::Store::new(pool);
+    let err = store.acquire().await.expect_err("no PostgreSQL there");
+    assert!(
+        matches!(err, ccc_callcontrol::error::Error::Unavailable(_)),
+        "{err:?}"
+    );
+}

@@ -158,3 +158,45 @@ async fn silent_database_frees_the_slot(upstream: SocketAddr, target: PgConnectO
     store.reuse(fresh);
     assert_eq!(pool.size(), 1);
 }
+
+/// A unit that waits for a connection asks sqlx's pool for one and takes a
+/// kept one if it comes first; the request it leaves must still open its
+/// connection, or where opening one takes longer than a unit (a slow
+/// network, TLS) the pool never grows past the connections it has. Here
+/// every reply of the database comes 10 ms late, so opening a connection
+/// (several exchanges) takes longer than a unit on a kept one (one).
+#[sqlx::test]
+async fn the_pool_grows_to_its_size_when_connecting_is_slower_than_a_unit(direct: PgPool) {
+    const SIZE: u32 = 4;
+    let target = (*direct.connect_options()).clone();
+    let upstream = tokio::net::lookup_host((target.get_host(), target.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("the test database's address");
+    let proxy = Proxy::start(upstream).await;
+    let mut args = DatabaseArgs::for_url(String::new());
+    args.max_connections = SIZE;
+    let options = target.host("127.0.0.1").port(proxy.addr().port());
+    let pool = connect_pool(options, &args).await.unwrap();
+    let store = Store::new(pool.clone());
+    let mut first = store.acquire().await.unwrap();
+    backend_pid(&mut first).await;
+    store.reuse(first);
+    proxy.delay_replies(Duration::from_millis(10));
+
+    let units = (0..SIZE).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let mut conn = store.acquire().await.unwrap();
+                backend_pid(&mut conn).await;
+                store.reuse(conn);
+            }
+        })
+    });
+    for unit in units.collect::<Vec<_>>() {
+        unit.await.unwrap();
+    }
+    assert_eq!(pool.size(), SIZE, "one connection per unit at once");
+}
