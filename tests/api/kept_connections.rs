@@ -36,6 +36,15 @@ async fn pool_idle(pool: &PgPool, n: usize) -> usize {
     pool.num_idle()
 }
 
+/// Where `target`'s server listens, for a proxy in front of it.
+async fn address_of(target: &PgConnectOptions) -> SocketAddr {
+    tokio::net::lookup_host((target.get_host(), target.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("the test database's address")
+}
+
 /// A store over `pool` keeping the one connection it has used.
 async fn one_kept(pool: &PgPool) -> Store {
     let store = Store::new(pool.clone());
@@ -107,11 +116,7 @@ async fn closing_the_store_closes_the_kept_connections(pool: PgPool) {
 #[sqlx::test]
 async fn a_connection_given_back_to_a_silent_database_frees_its_slot(direct: PgPool) {
     let target = (*direct.connect_options()).clone();
-    let upstream = tokio::net::lookup_host((target.get_host(), target.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .expect("the test database's address");
+    let upstream = address_of(&target).await;
     silent_database_frees_the_slot(upstream, target.ssl_mode(PgSslMode::Disable)).await;
 }
 
@@ -169,11 +174,7 @@ async fn silent_database_frees_the_slot(upstream: SocketAddr, target: PgConnectO
 async fn the_pool_grows_to_its_size_when_connecting_is_slower_than_a_unit(direct: PgPool) {
     const SIZE: u32 = 4;
     let target = (*direct.connect_options()).clone();
-    let upstream = tokio::net::lookup_host((target.get_host(), target.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .expect("the test database's address");
+    let upstream = address_of(&target).await;
     let proxy = Proxy::start(upstream).await;
     let mut args = DatabaseArgs::for_url(String::new());
     args.max_connections = SIZE;

@@ -391,28 +391,11 @@ async fn serve_waits_for_the_database_then_gives_up() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = unused.local_addr().unwrap().port();
     drop(unused);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--connect-wait-ms",
-                "1500",
-            ])
-            .env(
-                "DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:{port}/nowhere"),
-            )
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-
-    assert!(!output.status.success());
-    let log = String::from_utf8_lossy(&output.stderr);
+    let log = serve_until_it_gives_up(
+        format!("postgres://postgres@127.0.0.1:{port}/nowhere"),
+        &["--connect-wait-ms", "1500"],
+    )
+    .await;
     assert!(
         log.matches("PostgreSQL does not answer yet").count() >= 2,
         "it retried: {log}"
@@ -430,20 +413,27 @@ async fn serve_gives_up_at_once_on_a_refused_login(pool: PgPool) {
     let (_, rest) = url.split_once("://").expect("a URL");
     let server = rest.rsplit_once('@').map_or(rest, |(_, server)| server);
     let refused = format!("postgres://ccc_no_such_role@{server}");
+    let log = serve_until_it_gives_up(refused, &[]).await;
+    assert!(!log.contains("does not answer yet"), "no retries: {log}");
+    assert!(log.contains("Failed to connect to PostgreSQL"), "{log}");
+    assert!(log.contains("ccc_no_such_role"), "the reason: {log}");
+}
+
+/// Runs `serve` over `url` with `flags` until it exits, which it must do
+/// unsuccessfully; its log.
+async fn serve_until_it_gives_up(url: String, flags: &[&str]) -> String {
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_ccc-callcontrol"))
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", refused)
+            .args(&flags)
+            .env("DATABASE_URL", url)
             .env("RUST_LOG", "info")
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-
-    assert!(!output.status.success());
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(!log.contains("does not answer yet"), "no retries: {log}");
-    assert!(log.contains("Failed to connect to PostgreSQL"), "{log}");
-    assert!(log.contains("ccc_no_such_role"), "the reason: {log}");
+    assert!(!output.status.success(), "serve exited unsuccessfully");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
