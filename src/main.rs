@@ -10,7 +10,7 @@ use clap::Parser;
 use ccc_callcontrol::app::WatchOptions;
 use ccc_callcontrol::cli;
 use ccc_callcontrol::config::{self, Cli, Command, ServeArgs};
-use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem, prepare_database};
+use ccc_callcontrol::startup::{Application, ServeOptions, TlsPem, prepare_database, read_pem};
 use ccc_callcontrol::telemetry;
 
 fn main() -> anyhow::Result<()> {
@@ -40,12 +40,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let ca_pem = otlp_ca_cert
                 .as_deref()
-                .map(|path| {
-                    std::fs::read(path).with_context(|| {
-                        format!("Failed to read --otlp-ca-cert {}", path.display())
-                    })
-                })
-                .transpose()?;
+                .map(read_pem)
+                .transpose()
+                .context("--otlp-ca-cert")?;
             let traces = telemetry::init_exporting(cli.log_format, endpoint, ca_pem.as_deref())?;
             tracing::info!(
                 endpoint = endpoint.as_str(),

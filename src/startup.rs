@@ -205,15 +205,18 @@ pub struct TlsPem {
     pub client_ca: Option<Vec<u8>>,
 }
 
+/// The bytes of a PEM file a flag names, or an error naming the file.
+pub fn read_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))
+}
+
 impl TlsPem {
     /// Reads the files named by `serve`'s TLS options.
     pub fn read(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Self> {
-        let read =
-            |p: &Path| std::fs::read(p).with_context(|| format!("Failed to read {}", p.display()));
         Ok(Self {
-            cert_chain: read(cert)?,
-            key: read(key)?,
-            client_ca: client_ca.map(read).transpose()?,
+            cert_chain: read_pem(cert)?,
+            key: read_pem(key)?,
+            client_ca: client_ca.map(read_pem).transpose()?,
         })
     }
 

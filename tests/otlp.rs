@@ -31,7 +31,7 @@ mod operator;
 mod pki;
 use binary::{Served, database_url};
 use operator::operator_token;
-use pki::{ca, leaf};
+use pki::{PemFile, ca, leaf};
 
 /// The caller's trace and span, as its `traceparent` names them.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -173,23 +173,6 @@ async fn start(pool: &PgPool, collector: SocketAddr, env: &[(&str, &str)]) -> Se
         env,
     )
     .await
-}
-
-/// A PEM file of the test's, removed when dropped.
-struct PemFile(std::path::PathBuf);
-
-impl PemFile {
-    fn new(name: &str, pem: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("ccc-otlp-{}-{name}.pem", std::process::id()));
-        std::fs::write(&path, pem).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for PemFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// An Admin client on a connection of its own.
@@ -346,7 +329,7 @@ async fn spans_reach_a_collector_over_tls(pool: PgPool) {
             "--otlp-endpoint",
             &endpoint,
             "--otlp-ca-cert",
-            ca_file.0.to_str().unwrap(),
+            ca_file.path(),
         ],
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     )

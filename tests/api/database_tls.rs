@@ -5,40 +5,18 @@
 //! when the URL requires it. Each test runs its own PostgreSQL
 //! (`support::private_pg`) with certificates made for it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ccc_callcontrol::config::DatabaseArgs;
 use ccc_callcontrol::startup::prepare_database;
 
 use crate::helpers::*;
-use crate::support::pki::{ca, leaf};
+use crate::support::pki::{PemFile, ca, leaf};
 use crate::support::private_pg::PrivatePg;
 
 /// Longer than any refusal should take, far shorter than the 60 s the
 /// service keeps trying a database that does not answer yet.
 const REFUSED_WITHIN: Duration = Duration::from_secs(20);
-
-/// A PEM file that is removed when dropped.
-struct PemFile(PathBuf);
-
-impl PemFile {
-    fn new(name: &str, pem: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("ccc-{}-{name}.pem", std::process::id()));
-        std::fs::write(&path, pem).expect("writing a PEM file");
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("temp paths are UTF-8")
-    }
-}
-
-impl Drop for PemFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// A private server with TLS, its certificate for 127.0.0.1 signed by a CA
 /// whose certificate is returned in a file.
@@ -54,6 +32,16 @@ fn args(url: String) -> DatabaseArgs {
     let mut args = DatabaseArgs::for_url(url);
     args.max_connections = 4;
     args
+}
+
+/// Why the service refused the database at `url`: it must, and at once,
+/// not after retrying as if the server were starting.
+async fn refusal(url: String) -> String {
+    let refused = tokio::time::timeout(REFUSED_WITHIN, prepare_database(&args(url)))
+        .await
+        .expect("refused at once, not retried as if the server were starting")
+        .expect_err("refused");
+    format!("{refused:#}")
 }
 
 #[tokio::test]
@@ -97,11 +85,7 @@ async fn a_database_certificate_from_another_ca_is_refused_at_once() {
         pg.url("ccc_tls"),
         stranger.path()
     );
-    let refused = tokio::time::timeout(REFUSED_WITHIN, prepare_database(&args(url)))
-        .await
-        .expect("refused at once, not retried as if the server were starting")
-        .expect_err("a certificate the given CA did not sign");
-    let reason = format!("{refused:#}");
+    let reason = refusal(url).await;
     assert!(
         reason.contains("certificate") || reason.contains("UnknownIssuer"),
         "the reason names the certificate: {reason}"
@@ -112,11 +96,7 @@ async fn a_database_certificate_from_another_ca_is_refused_at_once() {
 async fn a_url_that_requires_tls_refuses_a_server_without_it() {
     let pg = PrivatePg::start().await;
     let url = format!("{}?sslmode=require", pg.url("ccc_tls"));
-    let refused = tokio::time::timeout(REFUSED_WITHIN, prepare_database(&args(url)))
-        .await
-        .expect("refused at once")
-        .expect_err("no TLS on the server");
-    let reason = format!("{refused:#}");
+    let reason = refusal(url).await;
     assert!(
         reason.to_lowercase().contains("tls") || reason.to_lowercase().contains("ssl"),
         "the reason names TLS: {reason}"

@@ -1,5 +1,7 @@
-//! Certificates made per test (rcgen), so none are committed: a CA, and
-//! leaves it signs.
+//! Certificates made per test (rcgen), so none are committed: a CA,
+//! leaves it signs, and PEM files for the binaries that read them.
+
+use std::path::PathBuf;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
@@ -21,4 +23,25 @@ pub fn leaf(names: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (Stri
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+/// A PEM file of the test's, removed when dropped.
+pub struct PemFile(PathBuf);
+
+impl PemFile {
+    pub fn new(name: &str, pem: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("ccc-{}-{name}.pem", std::process::id()));
+        std::fs::write(&path, pem).expect("writing a PEM file");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for PemFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
