@@ -165,6 +165,14 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "target")]
     pub count_round_trips: bool,
 
+    /// A command run with `sh -c` as each measurement window starts and
+    /// ends, with `start` or `end` appended; the window waits for it (10
+    /// minutes at most), and the run fails if it fails. For counting what
+    /// the windows alone cost elsewhere: scripts/bench/backend-instructions
+    /// zeroes and dumps PostgreSQL's callgrind counts with it.
+    #[arg(long)]
+    pub window_hook: Option<String>,
+
     /// Print one JSON object (the whole report) instead of the table.
     #[arg(long)]
     pub json: bool,

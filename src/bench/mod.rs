@@ -13,6 +13,7 @@
 //! open through the run, and the report adds their commit-to-delivery
 //! latency and the server's RSS with them (`watchers`).
 
+mod hook;
 mod probe;
 pub mod relay;
 mod report;
@@ -91,6 +92,9 @@ pub struct Watch {
     pub round_trips: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Database connections the service opened, counted by the relay.
     pub connections: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// A command to run as each measurement window starts and ends
+    /// (`--window-hook`).
+    pub window_hook: Option<String>,
 }
 
 /// With every watch open, how long to wait before reading the server's
@@ -148,6 +152,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             let watch = Watch {
                 server_pid: args.server_pid,
                 database,
+                window_hook: args.window_hook.clone(),
                 ..Watch::default()
             };
             drive(&target, &watch, &settings).await
@@ -165,8 +170,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                     .map_or(defaults.known_agents, |n| n as usize),
                 ..defaults
             };
-            let (addresses, watch, token, _stop) =
+            let (addresses, mut watch, token, _stop) =
                 spawn(url, args.count_round_trips, replicas, options).await?;
+            watch.window_hook = args.window_hook.clone();
             let mut channels = Vec::with_capacity(connections * replicas);
             for address in &addresses {
                 channels.extend(connect(address, connections).await?);
@@ -230,6 +236,7 @@ async fn spawn(
         database: Some(watcher_pool(url).await?),
         round_trips,
         connections,
+        window_hook: None,
     };
     Ok((addresses, watch, token, stop))
 }
@@ -376,6 +383,9 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
                 );
             }
             let before = probe::Snapshot::take(watch).await;
+            if record {
+                hook::run(watch.window_hook.as_deref(), hook::Phase::Start).await?;
+            }
             let w = workload::window(
                 groups,
                 settings.in_flight,
@@ -386,6 +396,9 @@ pub async fn drive(target: &Target, watch: &Watch, settings: &Settings) -> anyho
                 record,
             )
             .await;
+            if record {
+                hook::run(watch.window_hook.as_deref(), hook::Phase::End).await?;
+            }
             let after = probe::Snapshot::take(watch).await;
             spent += w.elapsed;
             dropped += w.dropped;

@@ -132,3 +132,41 @@ async fn every_watcher_receives_every_end_conference_change(pool: PgPool) {
         report.table()
     );
 }
+
+/// `--window-hook` runs as each measurement window starts and ends, and
+/// only then: never around the warm-up's windows or the preparation.
+#[sqlx::test]
+async fn the_window_hook_brackets_each_measurement_window(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let token = create_token(&app.direct, None, Role::Admin, None, None).await;
+    let target = Target {
+        channels: vec![app.channel.clone()],
+        replicas: 1,
+        token,
+        watch_channels: Vec::new(),
+    };
+    let log = std::env::temp_dir().join(format!("ccc-window-hook-{}", uuid::Uuid::new_v4()));
+    let watch = Watch {
+        window_hook: Some(format!("echo >>{}", log.display())),
+        ..Watch::default()
+    };
+    let settings = Settings {
+        workload: BenchWorkload::EndConference,
+        in_flight: 2,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(300),
+        parties: 3,
+        // Two groups a window: several windows in the second.
+        agents: 4,
+        watchers: 0,
+    };
+    let report = bench::drive(&target, &watch, &settings)
+        .await
+        .expect("the bench runs");
+    let phases = std::fs::read_to_string(&log).expect("the hook ran");
+    let _ = std::fs::remove_file(&log);
+
+    assert_eq!(report.errors, 0, "{:?}", report.first_errors);
+    assert!(report.windows > 1, "{report:?}");
+    assert_eq!(phases, "start\nend\n".repeat(report.windows as usize));
+}
