@@ -169,7 +169,7 @@ pub struct BenchArgs {
     /// ends, with `start` or `end` appended; the window waits for it (10
     /// minutes at most), and the run fails if it fails. For counting what
     /// the windows alone cost elsewhere: scripts/bench/backend-instructions
-    /// zeroes and dumps PostgreSQL's callgrind counts with it.
+    /// has PostgreSQL's backends dump their callgrind counts with it.
     #[arg(long)]
     pub window_hook: Option<String>,
 

@@ -1,16 +1,16 @@
 //! `--window-hook`: a command the bench runs as each measurement window
 //! starts and ends, so that what the windows alone cost elsewhere can be
-//! counted exactly: `scripts/bench/backend-instructions` zeroes and dumps
-//! PostgreSQL's callgrind counts with it, leaving the untimed preparation
-//! out.
+//! counted exactly: `scripts/bench/backend-instructions` has PostgreSQL's
+//! backends dump their callgrind counts with it, leaving the untimed
+//! preparation out.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-/// How long a hook may take. Dumping the counts of a dozen processes
-/// under callgrind takes seconds; a hook that hangs must not hang the run.
+/// How long a hook may take. A dozen backends under callgrind dumping
+/// their counts take seconds; a hook that hangs must not hang the run.
 const WITHIN: Duration = Duration::from_secs(600);
 
 /// The two moments a hook is run at, passed as its last argument.
