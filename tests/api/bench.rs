@@ -12,7 +12,9 @@ use sqlx::PgPool;
 
 use crate::helpers::*;
 
-async fn run(pool: PgPool, workload: BenchWorkload, watchers: usize) -> bench::Report {
+/// The test's own server, and the bench's target on it: one connection,
+/// an operator token. Keep the server for as long as the target.
+async fn one_server(pool: &PgPool) -> (TestApp, Target) {
     let app = spawn_app(pool.clone()).await;
     let token = create_token(&app.direct, None, Role::Admin, None, None).await;
     let target = Target {
@@ -21,6 +23,11 @@ async fn run(pool: PgPool, workload: BenchWorkload, watchers: usize) -> bench::R
         token,
         watch_channels: Vec::new(),
     };
+    (app, target)
+}
+
+async fn run(pool: PgPool, workload: BenchWorkload, watchers: usize) -> bench::Report {
+    let (_app, target) = one_server(&pool).await;
     let watch = Watch {
         database: Some(pool),
         ..Watch::default()
@@ -137,14 +144,7 @@ async fn every_watcher_receives_every_end_conference_change(pool: PgPool) {
 /// only then: never around the warm-up's windows or the preparation.
 #[sqlx::test]
 async fn the_window_hook_brackets_each_measurement_window(pool: PgPool) {
-    let app = spawn_app(pool.clone()).await;
-    let token = create_token(&app.direct, None, Role::Admin, None, None).await;
-    let target = Target {
-        channels: vec![app.channel.clone()],
-        replicas: 1,
-        token,
-        watch_channels: Vec::new(),
-    };
+    let (_app, target) = one_server(&pool).await;
     let log = std::env::temp_dir().join(format!("ccc-window-hook-{}", uuid::Uuid::new_v4()));
     let watch = Watch {
         window_hook: Some(format!("echo >>{}", log.display())),
