@@ -135,7 +135,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let watch_connections = settings
         .watchers
         .div_ceil(args.watchers_per_connection as usize);
-    match &args.target {
+    // The spawned replicas stop when `_stop` goes, after the run.
+    let (target, watch, _stop) = match &args.target {
         Some(address) => {
             let channels = connect(address, connections).await?;
             let watch_channels = connect(address, watch_connections).await?;
@@ -152,10 +153,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             let watch = Watch {
                 server_pid: args.server_pid,
                 database,
-                window_hook: args.window_hook.clone(),
                 ..Watch::default()
             };
-            drive(&target, &watch, &settings).await
+            (target, watch, None)
         }
         None => {
             let url = args.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
@@ -170,9 +170,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                     .map_or(defaults.known_agents, |n| n as usize),
                 ..defaults
             };
-            let (addresses, mut watch, token, _stop) =
+            let (addresses, watch, token, stop) =
                 spawn(url, args.count_round_trips, replicas, options).await?;
-            watch.window_hook = args.window_hook.clone();
             let mut channels = Vec::with_capacity(connections * replicas);
             for address in &addresses {
                 channels.extend(connect(address, connections).await?);
@@ -183,9 +182,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 token,
                 watch_channels: connect(&addresses[0], watch_connections).await?,
             };
-            drive(&target, &watch, &settings).await
+            (target, watch, Some(stop))
         }
-    }
+    };
+    let watch = Watch {
+        window_hook: args.window_hook.clone(),
+        ..watch
+    };
+    drive(&target, &watch, &settings).await
 }
 
 /// Starts `replicas` replicas of the service in this process over `url`
@@ -236,7 +240,7 @@ async fn spawn(
         database: Some(watcher_pool(url).await?),
         round_trips,
         connections,
-        window_hook: None,
+        ..Watch::default()
     };
     Ok((addresses, watch, token, stop))
 }
