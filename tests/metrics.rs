@@ -97,7 +97,10 @@ async fn the_counters_move_by_exactly_the_requests_made(pool: PgPool) {
     .await
     .unwrap();
     let addr = app.local_addr();
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
     let token = operator_token(&pool).await;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -230,4 +233,10 @@ async fn the_counters_move_by_exactly_the_requests_made(pool: PgPool) {
         after.get(&key("ccc_db_pool_waiting", &[])).copied(),
         Some(0.0)
     );
+    // The server's pool holds connections to the test's database: stopped
+    // first, or sqlx cannot drop the database and leaves it behind.
+    drop(calls);
+    drop(admin);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
