@@ -77,7 +77,9 @@ pub struct Changes {
     /// The new state of each agent that changed, ordered by user ID.
     pub agents: Vec<Agent>,
     /// Every agent whose state the decision went by, changed or not,
-    /// ordered by user ID: the write is guarded on these and the call being
+    /// ordered by user ID, each once (the write's guard counts the agents
+    /// found at their versions against this list's length): the write is
+    /// guarded on these and the call being
     /// as they were read. An agent read with the call but not consulted (a
     /// party who stays when another leaves) may change meanwhile without
     /// making the decision wrong, so it is not held.

@@ -98,50 +98,85 @@ impl Versions {
     }
 }
 
-/// One statement for each kind of change: it inserts the call
-/// ([`APPLY_NEW_CALL`]), updates it ([`APPLY_CALL`]) or has none
-/// ([`APPLY_NO_CALL`]). They differ only in `call_rows` (and `chan`, which
-/// a change without a call cannot have): PostgreSQL sets up every
-/// data-modifying part of a statement on each execution, used or not, so
-/// each statement holds only the parts its kind of change can use.
-///
-/// First the guard: `gc` and `ga` lock the call and the agents the decision
+/// The guard: `gc` and `ga` lock the call and the agents the decision
 /// consulted (call first, agents by user ID, as everywhere), and `ok` says
 /// whether they are still the versions read (`$20`, `$21`/`$22`). A lock
 /// wait ends with the newest versions, so a concurrent change makes `ok`
 /// false, nothing is written, and no row comes back: the caller reads and
-/// decides again. Every write hangs off `ev`, which exists only if `ok`.
+/// decides again. `$21` names each agent once (`Changes::consulted`), so
+/// all are current when as many locked rows match their versions.
 ///
-/// The event goes in first; every other row written points at it
-/// (`context_id`), which is how ContextId reaches calls and agents without
-/// another round trip. Each part reports how many rows it wrote, so a
-/// mismatch with the decision is caught.
+/// `guard!(call)` for a change to a call that exists; `guard!(no call)`
+/// for one that makes its call or has none, which has no call to hold
+/// (`$20` is then NULL and unused).
+///
+/// Row counts are `cardinality(ARRAY(…))`, here and in `written_row!`, not
+/// `count(*)`: an ARRAY sublink is set up as the scan alone, an aggregate
+/// as a node of its own, and a join to the versions as three more, on
+/// every execution (docs/performance.md, "Fewer plan nodes").
+macro_rules! guard {
+    (call) => {
+        concat!(
+            r#"
+WITH gc AS MATERIALIZED (
+    SELECT context_id FROM calls
+    WHERE instance_id = $1 AND job_id = $5
+    FOR NO KEY UPDATE
+), "#,
+            guard!(
+                agents,
+                "($20::int8 IS NULL OR (SELECT context_id FROM gc) = $20) AND"
+            )
+        )
+    };
+    (no call) => {
+        concat!("\nWITH ", guard!(agents, ""))
+    };
+    (agents, $call_is_current:expr) => {
+        concat!(
+            r#"ga AS MATERIALIZED (
+    SELECT user_id, context_id FROM agents
+    WHERE instance_id = $1 AND user_id = ANY ($21::text[])
+    ORDER BY user_id
+    FOR NO KEY UPDATE
+), ok AS MATERIALIZED (
+    SELECT "#,
+            $call_is_current,
+            r#"
+       cardinality(ARRAY(
+           SELECT 1 FROM ga
+           WHERE context_id = ($22::int8[])[array_position($21::text[], user_id)]
+       )) = cardinality($21::text[]) AS ok"#
+        )
+    };
+}
+
+/// One statement for each kind of change: it inserts the call
+/// ([`APPLY_NEW_CALL`]), updates it ([`APPLY_CALL`]) or has none
+/// ([`APPLY_NO_CALL`]). They differ only in the guard (`guard!`),
+/// `call_rows` and `chan`: PostgreSQL sets up every part of a statement on
+/// each execution, used or not, so each statement holds only the parts its
+/// kind of change can use.
+///
+/// The event goes in first, and only if the guard's `ok`; every other row
+/// written hangs off it (`ev`) and points at it (`context_id`), which is
+/// how ContextId reaches calls and agents without another round trip. Each
+/// part reports how many rows it wrote, so a mismatch with the decision is
+/// caught.
 macro_rules! apply {
-    ($call_rows:expr, $chan:expr) => {
+    ($guard:expr, $call_rows:expr, $chan:expr) => {
         apply!(
+            $guard,
             $call_rows,
             $chan,
             "",
             concat!(written_row!(), "\nFROM ev\n")
         )
     };
-    ($call_rows:expr, $chan:expr, $more:expr, $result:expr) => {
+    ($guard:expr, $call_rows:expr, $chan:expr, $more:expr, $result:expr) => {
         concat!(
+            $guard,
             r#"
-WITH gc AS MATERIALIZED (
-    SELECT context_id FROM calls
-    WHERE $20::int8 IS NOT NULL AND instance_id = $1 AND job_id = $5
-    FOR NO KEY UPDATE
-), ga AS MATERIALIZED (
-    SELECT user_id, context_id FROM agents
-    WHERE instance_id = $1 AND user_id = ANY ($21::text[])
-    ORDER BY user_id
-    FOR NO KEY UPDATE
-), ok AS MATERIALIZED (
-    SELECT ($20::int8 IS NULL OR (SELECT context_id FROM gc) = $20)
-       AND (SELECT count(*) FROM ga
-            JOIN unnest($21::text[], $22::int8[]) AS v(user_id, context_id)
-            USING (user_id, context_id)) = cardinality($21::text[]) AS ok
 ), ev AS (
     INSERT INTO events (instance_id, request_id, action, actor, job_id, user_ids, before, after)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM ok WHERE ok.ok
@@ -173,9 +208,9 @@ macro_rules! written_row {
     () => {
         r#"
 SELECT ev.event_id,
-       (SELECT count(*) FROM call_rows),
-       (SELECT count(*) FROM chan),
-       (SELECT count(*) FROM ag)"#
+       cardinality(ARRAY(SELECT 1 FROM call_rows))::int8,
+       cardinality(ARRAY(SELECT 1 FROM chan))::int8,
+       cardinality(ARRAY(SELECT 1 FROM ag))::int8"#
     };
 }
 
@@ -230,6 +265,7 @@ macro_rules! update_call {
 
 /// A change that creates its call (StartConference).
 const APPLY_NEW_CALL: &str = apply!(
+    guard!(no call),
     r#"
     INSERT INTO calls (instance_id, job_id, call_type, initiator, tags, timeout_seconds,
                        created_at, ended_at, context_id)
@@ -239,7 +275,7 @@ const APPLY_NEW_CALL: &str = apply!(
 );
 
 /// A change to a call that exists (EndConference, ReportChannelEvent).
-const APPLY_CALL: &str = apply!(update_call!(), update_channels!());
+const APPLY_CALL: &str = apply!(guard!(call), update_call!(), update_channels!());
 
 /// [`APPLY_CALL`] for a change decided on a call as the replica knew it
 /// (`app::known`): when the guard finds the call or an agent moved on, the
@@ -251,6 +287,7 @@ const APPLY_CALL: &str = apply!(update_call!(), update_channels!());
 /// very versions the decision was made on, and [`apply_or_read`] then
 /// returns no call, to be read afresh.
 const APPLY_CALL_OR_READ: &str = apply!(
+    guard!(call),
     update_call!(),
     update_channels!(),
     concat!(", ", crate::store::calls::call_read_cte!("$1", "$5")),
@@ -269,7 +306,11 @@ FROM ok WHERE NOT ok.ok
 );
 
 /// A change of agents only (ReadyForService).
-const APPLY_NO_CALL: &str = apply!("SELECT 1 WHERE false", "SELECT 1 WHERE false");
+const APPLY_NO_CALL: &str = apply!(
+    guard!(no call),
+    "SELECT 1 WHERE false",
+    "SELECT 1 WHERE false"
+);
 
 /// Writes `changes` and `event` for `instance` if the rows are still at
 /// `read`; returns the event's ID, the new ContextId. If they changed it
