@@ -113,7 +113,7 @@ impl Versions {
 /// Row counts are `cardinality(ARRAY(…))`, here and in `written_row!`, not
 /// `count(*)`: an ARRAY sublink is set up as the scan alone, an aggregate
 /// as a node of its own, and a join to the versions as three more, on
-/// every execution (docs/performance.md, "Fewer plan nodes").
+/// every execution (docs/performance.md, "Fewer plan nodes in the apply").
 macro_rules! guard {
     (call) => {
         concat!(
