@@ -189,12 +189,13 @@ macro_rules! apply {
             r#"
 ), ag AS (
     UPDATE agents
-    SET user_state = u.user_state, job_id = u.job_id, break_code = u.break_code,
-        outbound_scenario = u.outbound_scenario, context_id = ev.event_id
-    FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::bool[])
-             AS u(user_id, user_state, job_id, break_code, outbound_scenario),
-         ev
-    WHERE agents.instance_id = $1 AND agents.user_id = u.user_id
+    SET user_state = ($16::text[])[array_position($15::text[], user_id)],
+        job_id = ($17::text[])[array_position($15::text[], user_id)],
+        break_code = ($18::text[])[array_position($15::text[], user_id)],
+        outbound_scenario = ($19::bool[])[array_position($15::text[], user_id)],
+        context_id = ev.event_id
+    FROM ev
+    WHERE agents.instance_id = $1 AND agents.user_id = ANY ($15::text[])
     RETURNING 1
 )"#,
             $more,
@@ -237,17 +238,22 @@ macro_rules! insert_channels {
 /// the key for an insert first, then locks and updates the row it finds,
 /// more work per channel than the update alone (docs/performance.md, "The
 /// guard on what was consulted").
+///
+/// Each row finds its new values by its key's position in `$10`, as the
+/// agents' update does in `$15`: a join with `unnest` of the arrays would
+/// set up a function scan, a hash join and its hash, and build the hash
+/// table, on every execution, for a handful of rows.
 macro_rules! update_channels {
     () => {
         r#"
     UPDATE channels
-    SET channel_state = u.channel_state, release_initiator = u.release_initiator,
-        release_reason = u.release_reason, changed_at = u.changed_at
-    FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::int8[])
-             AS u(channel_id, channel_state, release_initiator, release_reason, changed_at),
-         ev
+    SET channel_state = ($11::text[])[array_position($10::text[], channel_id)],
+        release_initiator = ($12::text[])[array_position($10::text[], channel_id)],
+        release_reason = ($13::text[])[array_position($10::text[], channel_id)],
+        changed_at = ($14::int8[])[array_position($10::text[], channel_id)]
+    FROM ev
     WHERE channels.instance_id = $1 AND channels.job_id = $5
-      AND channels.channel_id = u.channel_id
+      AND channels.channel_id = ANY ($10::text[])
     RETURNING 1"#
     };
 }
@@ -560,10 +566,11 @@ impl<'a> Params<'a> {
     }
 }
 
-/// Channels as parallel arrays, for `unnest`. The channels of a call that
-/// exists are updated, which takes only what can change once a channel is
-/// made (`update_channels!`); the columns only a new channel has are
-/// filled for new channels alone (`Params::bind_made`).
+/// Channels as parallel arrays: unnested into a new call's rows, or looked
+/// up by each row's position in `channel_id` to update. The channels of a
+/// call that exists are updated, which takes only what can change once a
+/// channel is made (`update_channels!`); the columns only a new channel
+/// has are filled for new channels alone (`Params::bind_made`).
 #[derive(Default)]
 struct ChannelColumns<'a> {
     channel_id: Vec<&'a str>,
@@ -604,7 +611,8 @@ impl<'a> ChannelColumns<'a> {
     }
 }
 
-/// The mutable part of agents as parallel arrays, for `unnest`.
+/// The mutable part of agents as parallel arrays, looked up by each row's
+/// position in `user_id`.
 #[derive(Default)]
 struct AgentColumns<'a> {
     user_id: Vec<&'a str>,
